@@ -1,0 +1,69 @@
+"""The service's error kinds. api/errors.py maps each to an HTTP status in one table."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error with a message fit for the client; `type` names its kind on the wire."""
+
+    type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"type": self.type, "message": self.message, "param": self.param}
+
+
+class InvalidRequest(ServiceError):
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    type = "payload_too_large"
+
+
+class NotFound(ServiceError):
+    type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    type = "model_not_found"
+
+    def __init__(self, name: str, why: str = "") -> None:
+        reason = f": {why}" if why else ""
+        super().__init__(f"model {name!r} is not available{reason}", param="model")
+        self.model = name
+
+
+class JobNotFound(NotFound):
+    type = "job_not_found"
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (unknown, expired, or not yours)", param="id")
+
+
+class Conflict(ServiceError):
+    type = "conflict"
+
+
+class Unavailable(ServiceError):
+    type = "service_unavailable"
+
+
+class Timeout(ServiceError):
+    """The wait ran out; the job goes on and can be polled."""
+
+    type = "timeout"
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailed(ServiceError):
+    """A job the worker could not finish; the reason comes from the worker."""
+
+    type = "job_failed"

@@ -1,0 +1,177 @@
+"""Job state in Redis: one hash per job, status changes made atomically by a Lua script.
+
+A job is created queued by the API, moved to running and then to succeeded or failed by a
+worker, or to cancelled by the client. Terminal states never change again, so a cancelled
+job stays cancelled even if a worker finishes its forward pass afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import redis
+
+from common import keys, vectors
+from common.errors import JobNotFound
+
+DONE_SIGNAL_TTL_SECONDS = 600
+WAIT_SLICE_SECONDS = 2.0
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+# KEYS: job hash, done list. ARGV: new status, allowed current statuses (comma-separated),
+# done-signal TTL (0: no signal), then field/value pairs to set.
+_TRANSITION = """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',', 1, true) then
+  return current
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 4))
+if tonumber(ARGV[3]) > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+return 'ok'
+"""
+
+
+def new_job_id() -> str:
+    """128 random bits, URL-safe: unguessable."""
+    return "job_" + secrets.token_urlsafe(16)
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    status: JobStatus
+    model: str
+    queue: str
+    count: int
+    options: dict[str, object]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    dimensions: int | None
+    prompt_tokens: int | None
+    error: dict[str, str] | None
+
+
+def _float(raw: bytes | None) -> float | None:
+    return float(raw) if raw else None
+
+
+class JobStore:
+    _FIELDS = (
+        "status", "model", "queue", "count", "options", "created_at", "started_at",
+        "finished_at", "dimensions", "prompt_tokens", "error",
+    )  # fmt: skip
+
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._transition = client.register_script(_TRANSITION)
+
+    def create(self, model: str, queue: str, count: int, options: dict[str, object]) -> str:
+        job_id = new_job_id()
+        mapping = {
+            "status": JobStatus.QUEUED.value,
+            "model": model,
+            "queue": queue,
+            "count": count,
+            "options": json.dumps(options),
+            "created_at": repr(time.time()),
+        }
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.job(job_id), mapping=mapping)
+            pipe.expire(keys.job(job_id), self.ttl)
+            pipe.execute()
+        return job_id
+
+    def get(self, job_id: str) -> Job:
+        raw = dict(zip(self._FIELDS, self.redis.hmget(keys.job(job_id), self._FIELDS), strict=True))
+        if raw["status"] is None:
+            raise JobNotFound(job_id)
+        return Job(
+            id=job_id,
+            status=JobStatus(raw["status"].decode()),
+            model=raw["model"].decode(),
+            queue=raw["queue"].decode(),
+            count=int(raw["count"]),
+            options=json.loads(raw["options"]),
+            created_at=float(raw["created_at"]),
+            started_at=_float(raw["started_at"]),
+            finished_at=_float(raw["finished_at"]),
+            dimensions=int(raw["dimensions"]) if raw["dimensions"] else None,
+            prompt_tokens=int(raw["prompt_tokens"]) if raw["prompt_tokens"] else None,
+            error=json.loads(raw["error"]) if raw["error"] else None,
+        )
+
+    def vectors(self, job: Job) -> np.ndarray:
+        data = self.redis.hget(keys.job(job.id), "vectors")
+        if data is None or job.dimensions is None:
+            raise JobNotFound(job.id)
+        return vectors.unpack(data, job.dimensions)
+
+    def _move(
+        self, job_id: str, to: JobStatus, allowed: tuple[JobStatus, ...], signal: bool,
+        **fields: object,
+    ) -> bool:
+        args: list[object] = [to.value, ",".join(s.value for s in allowed)]
+        args.append(DONE_SIGNAL_TTL_SECONDS if signal else 0)
+        for name, value in fields.items():
+            args += [name, value]
+        result = self._transition(keys=[keys.job(job_id), keys.job_done(job_id)], args=args)
+        return result == b"ok"
+
+    def start(self, job_id: str) -> bool:
+        """queued (or running, when a task is redelivered after a crash) -> running."""
+        return self._move(job_id, JobStatus.RUNNING, ACTIVE, False, started_at=repr(time.time()))
+
+    def succeed(self, job_id: str, matrix: np.ndarray, prompt_tokens: int) -> bool:
+        return self._move(
+            job_id, JobStatus.SUCCEEDED, ACTIVE, True,
+            vectors=vectors.pack(matrix), dimensions=matrix.shape[1],
+            prompt_tokens=prompt_tokens, finished_at=repr(time.time()),
+        )  # fmt: skip
+
+    def fail(self, job_id: str, error_type: str, message: str) -> bool:
+        error = json.dumps({"type": error_type, "message": message})
+        return self._move(
+            job_id, JobStatus.FAILED, ACTIVE, True, error=error, finished_at=repr(time.time())
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        """True if the job was active and is now cancelled."""
+        return self._move(
+            job_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time())
+        )
+
+    def wait(self, job_id: str, timeout: float) -> Job:
+        """Block until the job ends or `timeout` passes; return its latest state."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            slice_ = round(max(min(left, WAIT_SLICE_SECONDS), 0.01), 3)  # 0 would block forever
+            if self.redis.blpop([keys.job_done(job_id)], timeout=slice_):
+                break
+            if self.get(job_id).status.terminal:  # the signal may have gone to another waiter
+                break
+        return self.get(job_id)

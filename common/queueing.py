@@ -1,0 +1,54 @@
+"""Celery configuration shared by the API (which sends tasks by name) and the workers."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from celery import Celery
+from kombu import Queue
+
+from common.settings import Settings
+
+
+class QueueName(StrEnum):
+    GPU = "gpu"
+    CPU = "cpu"
+    REMOTE = "remote"
+
+
+EMBED_TASK = "embeddings.embed"
+"""Task name the API sends; workers/tasks.py registers the task under it."""
+
+
+def celery_config(settings: Settings) -> dict[str, object]:
+    return {
+        "broker_url": settings.REDIS_URL,
+        "broker_connection_retry_on_startup": True,
+        # Visibility timeout: a message taken by a worker that died unacked is redelivered
+        # after this long. It must exceed the longest task.
+        "broker_transport_options": {
+            "visibility_timeout": settings.BROKER_VISIBILITY_TIMEOUT_SECONDS,
+        },
+        "task_queues": [Queue(q.value) for q in QueueName],
+        "task_default_queue": QueueName.CPU.value,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # Vectors go to Redis under job keys, never through Celery results.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Long tasks: ack after the work is stored, requeue if the worker dies, and reserve
+        # only one message per pool slot so no task waits behind a slow one.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Events for Flower.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def make_celery(settings: Settings, main: str = "embeddings") -> Celery:
+    app = Celery(main)
+    app.conf.update(celery_config(settings))
+    return app

@@ -1,0 +1,88 @@
+"""Request and response shapes shared by the API (validation, OpenAPI) and the workers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.errors import InvalidRequest
+
+EncodingFormat = Literal["float", "base64"]
+
+
+class EmbedOptions(BaseModel):
+    """Options that travel with the texts to the worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    normalize: bool = True
+
+
+class EmbeddingRequest(BaseModel):
+    """Body of POST /api/v1/embeddings and POST /api/v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Annotated[str | None, Field(description="Model name; DEFAULT_MODEL if absent.")] = None
+    input: Annotated[
+        str | list[str], Field(description="One text or a list of texts (1 to MAX_INPUTS).")
+    ]
+    normalize: bool = True
+    encoding_format: EncodingFormat = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _texts_are_usable(cls, value: str | list[str]) -> str | list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("must not be an empty list")
+        for text in texts:
+            if not text.strip():
+                raise ValueError("texts must not be empty or only whitespace")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("texts must be valid Unicode (no lone surrogates)") from None
+        return value
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input
+
+    @property
+    def options(self) -> EmbedOptions:
+        return EmbedOptions(normalize=self.normalize)
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    """('input', 3) -> 'input[3]'; pydantic's union branch names are dropped."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part not in ("str", "list[str]") and not part.startswith(("function-", "literal")):
+            out += f".{part}" if out else part
+    return out or "body"
+
+
+def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
+    """Validate a decoded JSON body; InvalidRequest names the offending field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object", param="body")
+    try:
+        request = EmbeddingRequest.model_validate(body)
+    except ValidationError as error:
+        errors = error.errors()
+        # A union (str | list[str]) reports one error per branch; the list branch is the
+        # informative one when the input was a list.
+        chosen = next((e for e in errors if "list[str]" in e["loc"]), errors[0])
+        param = _param(chosen["loc"])
+        message = chosen["msg"].removeprefix("Value error, ")
+        raise InvalidRequest(f"{param}: {message}", param=param) from None
+    if len(request.texts) > max_inputs:
+        raise InvalidRequest(
+            f"input: at most {max_inputs} texts per request, got {len(request.texts)}",
+            param="input",
+        )
+    return request

@@ -1,0 +1,97 @@
+"""One settings object for every process, read from the environment.
+
+Names and defaults follow the deployment guide (shared/docs/seed-deployment-guide.md);
+settings that the guide does not name follow its style (upper-case, unit in the name).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class SettingsError(ValueError):
+    """A malformed setting; the message is one line naming the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    # Service
+    PORT: Annotated[int, Field(ge=1, le=65535, description="API port.")] = 3010
+    HOST: Annotated[str, Field(description="API bind address.")] = "0.0.0.0"
+    LOG_LEVEL: Annotated[LogLevel, Field(description="debug, info, warning, error.")] = "info"
+
+    # Providers
+    OLLAMA_URL: Annotated[str | None, Field(description="Ollama server; unset: off.")] = None
+    OPENAI_API_KEY: Annotated[SecretStr | None, Field(description="OpenAI key.")] = None
+    DEFAULT_MODEL: Annotated[str, Field(description="Model used when a request names none.")] = (
+        "all-MiniLM-L6-v2"
+    )
+    MODELS_FILE: Annotated[Path | None, Field(description="TOML model registry.")] = None
+
+    # Performance
+    MAX_CONCURRENT_REQUESTS: Annotated[int, Field(ge=1)] = 100
+    REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 60.0
+    BATCH_SIZE: Annotated[int, Field(ge=1, le=4096)] = 32
+    BATCH_WAIT_MS: Annotated[float, Field(ge=0, le=1000)] = 2.0
+    MAX_BATCH_TOKENS: Annotated[int, Field(ge=16)] = 16384
+    CACHE_SIZE: Annotated[int, Field(ge=0)] = 1000
+    MAX_REQUEST_BYTES: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
+    MAX_INPUTS: Annotated[int, Field(ge=1, le=100_000)] = 2048
+
+    # Models and hardware
+    MODEL_CACHE_DIR: Path = Path.home() / ".cache" / "embeddings-service" / "models"
+    GPU_ENABLED: bool = True
+    GPU_MEMORY_FRACTION: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+    # Redis: broker, job state, results and cache
+    REDIS_URL: str = "redis://localhost:6379/0"
+    CACHE_TTL_SECONDS: Annotated[int, Field(ge=1)] = 3600
+    JOB_TTL_SECONDS: Annotated[int, Field(ge=60)] = 24 * 3600
+    BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[int, Field(ge=1)] = 1800
+
+    # Rate limiting
+    RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[int, Field(ge=1)] = 1000
+    RATE_LIMIT_BURST: Annotated[int, Field(ge=1)] = 100
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = ".".join(str(part) for part in first["loc"]) or "settings"
+    value = first.get("input")
+    shown = "" if name == "OPENAI_API_KEY" or isinstance(value, dict) else f"={value!r}"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"invalid setting {name}{shown}: {first['msg']}{more}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment (overrides win); raise SettingsError with one line on bad input."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(_one_line(error)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()

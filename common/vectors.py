@@ -1,0 +1,26 @@
+"""Vectors travel and rest as packed little-endian float32 bytes."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+
+DTYPE = np.dtype("<f4")
+
+
+def pack(matrix: np.ndarray) -> bytes:
+    return np.ascontiguousarray(matrix, dtype=DTYPE).tobytes()
+
+
+def unpack(data: bytes, dimensions: int) -> np.ndarray:
+    return np.frombuffer(data, dtype=DTYPE).reshape(-1, dimensions)
+
+
+def normalize(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.maximum(norms, 1e-12)
+
+
+def to_base64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, dtype=DTYPE).tobytes()).decode()

@@ -1,0 +1,55 @@
+"""The Celery app the `celery -A workers.celery_app worker` command points at.
+
+Run local models in a threads pool: it never forks (safe after CUDA starts) and lets
+concurrent tasks feed one batcher per model. Example:
+
+    celery -A workers.celery_app worker -Q cpu --pool threads --concurrency 16
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+
+from celery import signals
+from celery.worker import WorkController
+
+from common import presence
+from common.queueing import make_celery
+from common.settings import SettingsError, get_settings
+from workers import runtime, tasks
+
+log = logging.getLogger(__name__)
+
+try:
+    settings = get_settings()
+except SettingsError as error:
+    sys.exit(f"embeddings worker: {error}")
+
+app = make_celery(settings)
+tasks.register(app)
+_stop_heartbeat = threading.Event()
+
+
+@signals.celeryd_after_setup.connect
+def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
+    queues = list(instance.app.amqp.queues.consume_from)
+    try:
+        rt = runtime.start(settings, queues, name=sender)
+    except SettingsError as error:
+        sys.exit(f"embeddings worker: {error}")
+    rt.load_models()
+    threading.Thread(
+        target=rt.heartbeat_forever, args=(_stop_heartbeat,), name="heartbeat", daemon=True
+    ).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_runtime(**_: object) -> None:
+    _stop_heartbeat.set()
+    try:
+        rt = runtime.current()
+        presence.forget(rt.redis, rt.name)
+    except Exception as error:  # shutting down anyway
+        log.debug("could not deregister: %s", error)

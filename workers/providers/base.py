@@ -1,0 +1,21 @@
+"""The contract every provider implements: texts in, raw float32 vectors out."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+
+class Encoder(Protocol):
+    name: str
+    dimensions: int
+    device: str
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens each text will use (after truncation to the model's limit)."""
+        ...
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """One float32 row per text, in order, not normalized. May run several passes."""
+        ...

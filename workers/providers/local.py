@@ -1,0 +1,70 @@
+"""Local sentence-transformers models on torch (CPU or CUDA). Heavy imports live here only."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from common.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(want_gpu: bool, gpu_enabled: bool) -> str:
+    """'cuda' when asked for and present; otherwise 'cpu', saying why once."""
+    import torch
+
+    if not want_gpu:
+        return "cpu"
+    if not gpu_enabled:
+        log.warning("this worker serves the gpu queue but GPU_ENABLED=false: serving on CPU")
+        return "cpu"
+    if not torch.cuda.is_available():
+        log.warning("this worker serves the gpu queue but CUDA is not available: serving on CPU")
+        return "cpu"
+    return "cuda"
+
+
+class SentenceTransformerEncoder:
+    def __init__(
+        self, spec: ModelSpec, device: str, batch_size: int, gpu_memory_fraction: float
+    ) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.models import Normalize
+
+        if device == "cuda":
+            torch.cuda.set_per_process_memory_fraction(gpu_memory_fraction)
+        model = SentenceTransformer(str(spec.local_path()), device=device, local_files_only=True)
+        # Normalization is a per-request option, applied after the pass: drop the model's own.
+        while len(model) and isinstance(model[len(model) - 1], Normalize):
+            del model[len(model) - 1]
+        model.max_seq_length = min(model.max_seq_length or spec.max_tokens, spec.max_tokens)
+        if device == "cuda":
+            model.half()
+        model.eval()
+        self._model = model
+        self._tokenizer = model.tokenizer
+        self.name = spec.name
+        self.device = device
+        self.batch_size = spec.batch_size or batch_size
+        self.max_tokens = model.max_seq_length
+        self.dimensions = int(model.get_embedding_dimension())
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        encoded = self._tokenizer(
+            texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens
+        )
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        # encode() sorts the texts by length and runs passes of batch_size, cutting padding.
+        vectors = self._model.encode(
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,113 @@
+"""What one worker process holds: settings, Redis, the job store and a batcher per model.
+
+Built once when the worker starts (workers/celery_app.py), before it consumes messages,
+so each local model is loaded exactly once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+
+from common import presence
+from common.jobs import JobStore
+from common.queueing import QueueName
+from common.redis_client import connect
+from common.registry import ModelSpec, Provider, Registry, load_registry
+from common.settings import Settings
+from workers.batcher import Batcher, BatchStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    registry: Registry
+    queues: list[str]
+    name: str
+    jobs: JobStore = field(init=False)
+    device: str = field(init=False, default="cpu")
+    batchers: dict[str, Batcher] = field(init=False, default_factory=dict)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.redis = connect(self.settings.REDIS_URL)
+        self.jobs = JobStore(self.redis, self.settings.JOB_TTL_SECONDS)
+
+    def serves_local(self) -> bool:
+        return bool({QueueName.CPU, QueueName.GPU} & set(self.queues))
+
+    def load_models(self) -> None:
+        """Load every enabled local model this worker's queues can receive."""
+        if not self.serves_local():
+            return
+        from workers.providers.local import pick_device
+
+        self.device = pick_device(QueueName.GPU in self.queues, self.settings.GPU_ENABLED)
+        for spec in self.registry:
+            if spec.enabled and spec.provider is Provider.LOCAL:
+                self.batcher(spec)
+
+    def batcher(self, spec: ModelSpec) -> Batcher:
+        with self._lock:
+            if spec.name not in self.batchers:
+                self.batchers[spec.name] = self._build(spec)
+            return self.batchers[spec.name]
+
+    def _build(self, spec: ModelSpec) -> Batcher:
+        from workers.providers.local import SentenceTransformerEncoder
+
+        encoder = SentenceTransformerEncoder(
+            spec, self.device, self.settings.BATCH_SIZE, self.settings.GPU_MEMORY_FRACTION
+        )
+        log.info("loaded model %s on %s (%d dims)", spec.name, self.device, encoder.dimensions)
+        return Batcher(
+            encoder,
+            max_tokens=self.settings.MAX_BATCH_TOKENS,
+            wait_s=self.settings.BATCH_WAIT_MS / 1000,
+            on_batch=self._record_batch,
+        )
+
+    def _record_batch(self, stats: BatchStats) -> None:
+        log.debug(
+            "batch: %d texts from %d requests, %d tokens, %.3fs",
+            stats.texts, stats.requests, stats.tokens, stats.seconds,
+        )  # fmt: skip
+
+    def info(self) -> presence.WorkerInfo:
+        return presence.WorkerInfo(
+            name=self.name,
+            queues=self.queues,
+            device=self.device,
+            models=sorted(self.batchers),
+            pid=os.getpid(),
+        )
+
+    def heartbeat_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                presence.beat(self.redis, self.info())
+            except Exception as error:  # Redis away for a moment: try again next beat
+                log.warning("heartbeat failed: %s", error)
+            stop.wait(presence.HEARTBEAT_SECONDS)
+
+
+_runtime: WorkerRuntime | None = None
+
+
+def start(settings: Settings, queues: list[str], name: str | None = None) -> WorkerRuntime:
+    global _runtime
+    _runtime = WorkerRuntime(
+        settings, load_registry(settings), sorted(queues), name or socket.gethostname()
+    )
+    return _runtime
+
+
+def current() -> WorkerRuntime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not started (workers/celery_app.py starts it)")
+    return _runtime
