@@ -36,7 +36,9 @@ def status_of(error: errors.ServiceError) -> int:
     return next(code for cls, code in STATUS.items() if isinstance(error, cls))
 
 
-def error_response(status: int, payload: dict[str, object], headers: dict | None = None) -> Response:
+def error_response(
+    status: int, payload: dict[str, object], headers: dict | None = None
+) -> Response:
     return Response(
         orjson.dumps({"error": payload}), status=status, headers=headers,
         mimetype="application/json",

@@ -132,7 +132,11 @@ class JobStore:
         return vectors.unpack(data, job.dimensions)
 
     def _move(
-        self, job_id: str, to: JobStatus, allowed: tuple[JobStatus, ...], signal: bool,
+        self,
+        job_id: str,
+        to: JobStatus,
+        allowed: tuple[JobStatus, ...],
+        signal: bool,
         **fields: object,
     ) -> bool:
         args: list[object] = [to.value, ",".join(s.value for s in allowed)]
@@ -161,9 +165,7 @@ class JobStore:
 
     def cancel(self, job_id: str) -> bool:
         """True if the job was active and is now cancelled."""
-        return self._move(
-            job_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time())
-        )
+        return self._move(job_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time()))
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """Block until the job ends or `timeout` passes; return its latest state."""

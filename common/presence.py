@@ -37,7 +37,7 @@ def online(client: redis.Redis) -> list[WorkerInfo]:
     """Workers heard from recently; stale entries are removed on the way."""
     now = time.time()
     alive, stale = [], []
-    for name, raw in client.hgetall(keys.WORKERS).items():
+    for raw in client.hvals(keys.WORKERS):
         info = WorkerInfo(**json.loads(raw))
         (alive if now - info.seen_at < STALE_AFTER_SECONDS else stale).append(info)
     if stale:

@@ -40,10 +40,6 @@ class EmbeddingRequest(BaseModel):
         for text in texts:
             if not text.strip():
                 raise ValueError("texts must not be empty or only whitespace")
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ValueError("texts must be valid Unicode (no lone surrogates)") from None
         return value
 
     @property

@@ -35,6 +35,9 @@ _stop_heartbeat = threading.Event()
 @signals.celeryd_after_setup.connect
 def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
     queues = list(instance.app.amqp.queues.consume_from)
+    if {"cpu", "gpu"} & set(queues) and instance.pool_cls.__module__.endswith("prefork"):
+        # A forked child must never inherit CUDA, and each child would load its own model.
+        sys.exit("embeddings worker: local-model queues need --pool threads (or solo)")
     try:
         rt = runtime.start(settings, queues, name=sender)
     except SettingsError as error:

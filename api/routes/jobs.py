@@ -33,7 +33,9 @@ def create_job() -> Response:
 @bp.get("/api/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     svc = services()
-    return _json(dispatch.job_body(svc, svc.jobs.get(job_id), url_for("jobs.get_job", job_id=job_id)))
+    return _json(
+        dispatch.job_body(svc, svc.jobs.get(job_id), url_for("jobs.get_job", job_id=job_id))
+    )
 
 
 @bp.delete("/api/v1/jobs/<job_id>")

