@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from api import errors
-from api.routes import embeddings, health, jobs, models
+from api.routes import cache, embeddings, health, jobs, models
 from api.services import Services
 from common.settings import Settings, get_settings
 
@@ -20,6 +20,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["embeddings"] = Services.build(settings)
     errors.register(app)
-    for blueprint in (embeddings.bp, jobs.bp, models.bp, health.bp):
+    for blueprint in (embeddings.bp, jobs.bp, models.bp, cache.bp, health.bp):
         app.register_blueprint(blueprint)
     return app

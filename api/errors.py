@@ -33,6 +33,8 @@ JOB_ERROR_STATUS: dict[str, int] = {
 
 
 def status_of(error: errors.ServiceError) -> int:
+    if isinstance(error, errors.JobFailed):
+        return JOB_ERROR_STATUS.get(error.kind, 500)
     return next(code for cls, code in STATUS.items() if isinstance(error, cls))
 
 
@@ -46,7 +48,7 @@ def error_response(
 
 
 def _service_error(error: errors.ServiceError) -> Response:
-    payload: dict[str, object] = error.to_dict()
+    payload: dict[str, object] = dict(error.to_dict())
     if isinstance(error, errors.Timeout):
         payload |= {"job_id": error.job_id, "status_url": f"/api/v1/jobs/{error.job_id}"}
     return error_response(status_of(error), payload)

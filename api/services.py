@@ -10,6 +10,7 @@ from celery import Celery
 from flask import current_app
 
 from common import presence
+from common.cache import EmbeddingCache
 from common.jobs import JobStore
 from common.queueing import make_celery
 from common.redis_client import connect
@@ -25,6 +26,7 @@ class Services:
     registry: Registry
     redis: redis.Redis
     jobs: JobStore
+    cache: EmbeddingCache
     celery: Celery
     _workers: tuple[float, list[presence.WorkerInfo]] = field(default=(0.0, []))
 
@@ -36,6 +38,7 @@ class Services:
             registry=load_registry(settings),
             redis=client,
             jobs=JobStore(client, settings.JOB_TTL_SECONDS),
+            cache=EmbeddingCache(client, settings.CACHE_TTL_SECONDS, settings.CACHE_SIZE),
             celery=make_celery(settings, main="embeddings-api"),
         )
 

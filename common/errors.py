@@ -64,6 +64,18 @@ class Timeout(ServiceError):
 
 
 class JobFailed(ServiceError):
-    """A job the worker could not finish; the reason comes from the worker."""
+    """A job the worker could not finish; `kind` and the message come from the worker."""
 
     type = "job_failed"
+
+    def __init__(self, message: str, job_id: str, kind: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.kind = kind
+
+    @classmethod
+    def from_job(cls, job_id: str, error: dict[str, str]) -> JobFailed:
+        return cls(error.get("message", "the job failed"), job_id, error.get("type", cls.type))
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"type": self.kind, "message": self.message, "param": None, "job_id": self.job_id}

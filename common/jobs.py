@@ -71,7 +71,7 @@ class Job:
     started_at: float | None
     finished_at: float | None
     dimensions: int | None
-    prompt_tokens: int | None
+    prompt_tokens: int
     error: dict[str, str] | None
 
 
@@ -90,13 +90,16 @@ class JobStore:
         self.ttl = ttl_seconds
         self._transition = client.register_script(_TRANSITION)
 
-    def create(self, model: str, queue: str, count: int, options: dict[str, object]) -> str:
+    def create(
+        self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object]
+    ) -> str:
         job_id = new_job_id()
         mapping = {
             "status": JobStatus.QUEUED.value,
             "model": model,
             "queue": queue,
             "count": count,
+            "prompt_tokens": prompt_tokens,
             "options": json.dumps(options),
             "created_at": repr(time.time()),
         }
@@ -121,7 +124,7 @@ class JobStore:
             started_at=_float(raw["started_at"]),
             finished_at=_float(raw["finished_at"]),
             dimensions=int(raw["dimensions"]) if raw["dimensions"] else None,
-            prompt_tokens=int(raw["prompt_tokens"]) if raw["prompt_tokens"] else None,
+            prompt_tokens=int(raw["prompt_tokens"]),
             error=json.loads(raw["error"]) if raw["error"] else None,
         )
 
@@ -150,11 +153,11 @@ class JobStore:
         """queued (or running, when a task is redelivered after a crash) -> running."""
         return self._move(job_id, JobStatus.RUNNING, ACTIVE, False, started_at=repr(time.time()))
 
-    def succeed(self, job_id: str, matrix: np.ndarray, prompt_tokens: int) -> bool:
+    def succeed(self, job_id: str, matrix: np.ndarray) -> bool:
         return self._move(
             job_id, JobStatus.SUCCEEDED, ACTIVE, True,
             vectors=vectors.pack(matrix), dimensions=matrix.shape[1],
-            prompt_tokens=prompt_tokens, finished_at=repr(time.time()),
+            finished_at=repr(time.time()),
         )  # fmt: skip
 
     def fail(self, job_id: str, error_type: str, message: str) -> bool:

@@ -42,6 +42,13 @@ class ModelSpec(BaseModel, frozen=True):
             raise ModelNotFound(self.name, f"the package {package!r} is not installed")
         return Path(spec.origin).parent / "model"
 
+    def tokenizer_file(self) -> Path | None:
+        """The model's own tokenizer.json, for local models that ship one."""
+        if self.provider is not Provider.LOCAL:
+            return None
+        path = self.local_path() / "tokenizer.json"
+        return path if path.exists() else None
+
 
 class Registry:
     def __init__(self, models: dict[str, ModelSpec], default: str) -> None:

@@ -12,11 +12,27 @@ EncodingFormat = Literal["float", "base64"]
 
 
 class EmbedOptions(BaseModel):
-    """Options that travel with the texts to the worker."""
+    """Options that change the vector: they travel to the worker and into the cache key."""
 
     model_config = ConfigDict(frozen=True)
 
     normalize: bool = True
+    truncate: bool = True
+
+
+class EmbedTask(BaseModel):
+    """The message the API sends to a worker for one job."""
+
+    job_id: str
+    model: str
+    texts: list[str]
+    tokens: list[int] = Field(description="Tokens per text after truncation (batch budget).")
+    options: EmbedOptions
+    cache_keys: list[str] | None = Field(
+        default=None, description="One Redis cache key per text; None: do not cache."
+    )
+    cache_read: bool = True
+    cache_ttl_seconds: int = 3600
 
 
 class EmbeddingRequest(BaseModel):
@@ -29,6 +45,9 @@ class EmbeddingRequest(BaseModel):
         str | list[str], Field(description="One text or a list of texts (1 to MAX_INPUTS).")
     ]
     normalize: bool = True
+    truncate: Annotated[
+        bool, Field(description="Cut texts past the model's max tokens (else refuse them).")
+    ] = True
     encoding_format: EncodingFormat = "float"
 
     @field_validator("input")
@@ -48,7 +67,7 @@ class EmbeddingRequest(BaseModel):
 
     @property
     def options(self) -> EmbedOptions:
-        return EmbedOptions(normalize=self.normalize)
+        return EmbedOptions(normalize=self.normalize, truncate=self.truncate)
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

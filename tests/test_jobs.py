@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from common import keys
 from common.queueing import EMBED_TASK, make_celery
+from common.schemas import EmbedOptions, EmbedTask
 from common.settings import Settings, load_settings
 
 
@@ -75,9 +76,10 @@ def test_cancel_a_queued_job_and_the_worker_skips_it(
     assert cancelled.get_json()["status"] == "cancelled"
     assert cancelled.get_json()["finished_at"]
     # The message reaches a worker late: the worker must leave the job cancelled.
-    make_celery(settings).send_task(
-        EMBED_TASK, args=[job_id, "all-MiniLM-L6-v2", ["x"], {}], queue="cpu"
+    late = EmbedTask(
+        job_id=job_id, model="all-MiniLM-L6-v2", texts=["x"], tokens=[3], options=EmbedOptions()
     )
+    make_celery(settings).send_task(EMBED_TASK, args=[late.model_dump()], queue="cpu")
     time.sleep(2)
     job = client.get(f"/api/v1/jobs/{job_id}").get_json()
     assert job["status"] == "cancelled"

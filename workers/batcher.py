@@ -1,11 +1,12 @@
-"""Cross-request batching: many small requests for one model become one forward call.
+"""Cross-request batching: many small requests for one model become few forward passes.
 
-Task threads submit their texts and wait on a future. One model thread takes whatever is
-queued when it is free (waiting at most `wait_s` after the first item for more), up to a
-token budget, hands the whole collection to the encoder (which sorts by length and runs
-passes of batch_size), and gives each submitter back its own rows in its own order.
-While the model is busy new requests pile up, so batches grow with load and an idle
-service adds no wait beyond `wait_s`.
+Task threads submit their texts with token counts and wait on a future. One model thread
+takes whatever is queued when it is free (waiting at most `wait_s` after the first item
+for more), up to a token budget; embeds each distinct text once; sorts the texts by
+length and cuts them into passes of at most `batch_size` texts and `max_tokens` padded
+tokens; then gives each submitter its own rows in its own order. While the model is busy
+new requests pile up, so batches grow with load and an idle model adds no wait beyond
+`wait_s`.
 """
 
 from __future__ import annotations
@@ -28,44 +29,76 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Pending:
     texts: list[str]
-    tokens: int
+    tokens: list[int]
     future: Future[np.ndarray] = field(default_factory=Future)
 
 
 @dataclass(frozen=True)
-class BatchStats:
+class PassStats:
+    """One forward pass: what the model actually ran."""
+
     texts: int
-    requests: int
     tokens: int
+    padded_tokens: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    """One collection: the requests merged and the texts deduplicated."""
+
+    requests: int
+    texts: int
+    distinct: int
+
+
+def plan_passes(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
+    """Indices grouped into passes, longest first, so each pass pads little."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    passes: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= batch_size or longest * (len(current) + 1) > max_tokens):
+            passes.append(current)
+            current = []
+        current.append(i)
+    if current:
+        passes.append(current)
+    return passes
 
 
 class Batcher:
     def __init__(
         self,
         encoder: Encoder,
+        batch_size: int,
         max_tokens: int,
         wait_s: float,
-        on_batch: Callable[[BatchStats], None] | None = None,
+        on_pass: Callable[[PassStats], None] = lambda _: None,
+        on_collection: Callable[[CollectionStats], None] = lambda _: None,
     ) -> None:
         self.encoder = encoder
+        self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.wait_s = wait_s
-        self.on_batch = on_batch
+        self.on_pass = on_pass
+        self.on_collection = on_collection
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{encoder.name}", daemon=True
         )
         self._thread.start()
 
-    def submit(self, texts: list[str], tokens: int) -> Future[np.ndarray]:
+    def submit(self, texts: list[str], tokens: list[int]) -> Future[np.ndarray]:
+        """Rows for `texts` (float32, not normalized) once the model has run them."""
         pending = _Pending(texts, tokens)
         self._queue.put(pending)
         return pending.future
 
     def _collect(self) -> list[_Pending]:
         batch = [self._queue.get()]
-        tokens = batch[0].tokens
+        tokens = sum(batch[0].tokens)
         deadline = time.monotonic() + self.wait_s
         while tokens < self.max_tokens:
             try:
@@ -75,26 +108,41 @@ class Batcher:
             except queue.Empty:
                 break
             batch.append(item)
-            tokens += item.tokens
+            tokens += sum(item.tokens)
         return batch
+
+    def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:
+        rows: list[np.ndarray] = [np.empty(0)] * len(texts)
+        for indices in plan_passes(lengths, self.batch_size, self.max_tokens):
+            started = time.perf_counter()
+            matrix = self.encoder.embed([texts[i] for i in indices])
+            seconds = time.perf_counter() - started
+            for i, row in zip(indices, matrix, strict=True):
+                rows[i] = row
+            padded = max(lengths[i] for i in indices) * len(indices)
+            self.on_pass(PassStats(len(indices), sum(lengths[i] for i in indices), padded, seconds))
+        return np.stack(rows)
 
     def _run(self) -> None:
         while True:
             batch = self._collect()
-            texts = [text for item in batch for text in item.texts]
-            started = time.perf_counter()
+            position: dict[str, int] = {}
+            distinct: list[str] = []
+            lengths: list[int] = []
+            for item in batch:
+                for text, length in zip(item.texts, item.tokens, strict=True):
+                    if text not in position:
+                        position[text] = len(distinct)
+                        distinct.append(text)
+                        lengths.append(length)
+            total = sum(len(item.texts) for item in batch)
+            self.on_collection(CollectionStats(len(batch), total, len(distinct)))
             try:
-                matrix = self.encoder.embed(texts)
+                matrix = self._embed_distinct(distinct, lengths)
             except Exception as error:  # a bad batch must not kill the model thread
-                log.exception("forward pass failed for %d texts", len(texts))
+                log.exception("forward pass failed for %d texts", len(distinct))
                 for item in batch:
                     item.future.set_exception(error)
                 continue
-            offset = 0
             for item in batch:
-                item.future.set_result(matrix[offset : offset + len(item.texts)])
-                offset += len(item.texts)
-            if self.on_batch:
-                seconds = time.perf_counter() - started
-                tokens = sum(item.tokens for item in batch)
-                self.on_batch(BatchStats(len(texts), len(batch), tokens, seconds))
+                item.future.set_result(matrix[[position[text] for text in item.texts]])

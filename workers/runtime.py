@@ -13,12 +13,14 @@ import threading
 from dataclasses import dataclass, field
 
 from common import presence
+from common.cache import EmbeddingCache
 from common.jobs import JobStore
 from common.queueing import QueueName
 from common.redis_client import connect
 from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
-from workers.batcher import Batcher, BatchStats
+from workers.batcher import Batcher
+from workers.stats import BatchRecorder
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class WorkerRuntime:
     queues: list[str]
     name: str
     jobs: JobStore = field(init=False)
+    cache: EmbeddingCache = field(init=False)
     device: str = field(init=False, default="cpu")
     batchers: dict[str, Batcher] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -37,6 +40,7 @@ class WorkerRuntime:
     def __post_init__(self) -> None:
         self.redis = connect(self.settings.REDIS_URL)
         self.jobs = JobStore(self.redis, self.settings.JOB_TTL_SECONDS)
+        self.cache = EmbeddingCache(self.redis, self.settings.CACHE_TTL_SECONDS, local_size=0)
 
     def serves_local(self) -> bool:
         return bool({QueueName.CPU, QueueName.GPU} & set(self.queues))
@@ -61,22 +65,17 @@ class WorkerRuntime:
     def _build(self, spec: ModelSpec) -> Batcher:
         from workers.providers.local import SentenceTransformerEncoder
 
-        encoder = SentenceTransformerEncoder(
-            spec, self.device, self.settings.BATCH_SIZE, self.settings.GPU_MEMORY_FRACTION
-        )
+        encoder = SentenceTransformerEncoder(spec, self.device, self.settings.GPU_MEMORY_FRACTION)
         log.info("loaded model %s on %s (%d dims)", spec.name, self.device, encoder.dimensions)
+        recorder = BatchRecorder(self.redis, spec.name)
         return Batcher(
             encoder,
+            batch_size=spec.batch_size or self.settings.BATCH_SIZE,
             max_tokens=self.settings.MAX_BATCH_TOKENS,
             wait_s=self.settings.BATCH_WAIT_MS / 1000,
-            on_batch=self._record_batch,
+            on_pass=recorder.on_pass,
+            on_collection=recorder.on_collection,
         )
-
-    def _record_batch(self, stats: BatchStats) -> None:
-        log.debug(
-            "batch: %d texts from %d requests, %d tokens, %.3fs",
-            stats.texts, stats.requests, stats.tokens, stats.seconds,
-        )  # fmt: skip
 
     def info(self) -> presence.WorkerInfo:
         return presence.WorkerInfo(

@@ -4,41 +4,62 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 from celery import Celery
 
 from common.errors import ServiceError
 from common.queueing import EMBED_TASK
-from common.schemas import EmbedOptions
-from common.vectors import normalize
+from common.schemas import EmbedTask
+from common.vectors import normalize, unpack
 from workers import runtime
 
 log = logging.getLogger(__name__)
 
 
-def embed(job_id: str, model: str, texts: list[str], options: dict[str, object]) -> None:
-    """Embed one request's texts and store the vectors under the job.
+def compute(task: EmbedTask) -> np.ndarray:
+    """The job's vectors: cached rows from Redis, the rest from the model (then cached)."""
+    rt = runtime.current()
+    spec = rt.registry.get(task.model)
+    keys = task.cache_keys
+    cached = rt.cache.get_many(keys) if keys and task.cache_read else [None] * len(task.texts)
+    misses = [i for i, value in enumerate(cached) if value is None]
+    rows: list[np.ndarray | None] = [
+        None if value is None else unpack(value, spec.dimensions)[0] for value in cached
+    ]
+    if misses:
+        batcher = rt.batcher(spec)
+        computed = batcher.submit(
+            [task.texts[i] for i in misses], [task.tokens[i] for i in misses]
+        ).result()
+        if task.options.normalize:
+            computed = normalize(computed)
+        for i, row in zip(misses, computed, strict=True):
+            rows[i] = row
+        if keys:
+            rt.cache.put_many([keys[i] for i in misses], computed, task.cache_ttl_seconds)
+    return np.stack(rows)  # type: ignore[arg-type]
+
+
+def embed(payload: dict[str, object]) -> None:
+    """Embed one job's texts and store the vectors under the job.
 
     Idempotent: a message redelivered after a worker died finds the job running and
     redoes it; one for a job already finished or cancelled does nothing.
     """
+    task = EmbedTask.model_validate(payload)
     rt = runtime.current()
-    if not rt.jobs.start(job_id):
-        log.info("job %s is finished, cancelled or expired: skipped", job_id)
+    if not rt.jobs.start(task.job_id):
+        log.info("job %s is finished, cancelled or expired: skipped", task.job_id)
         return
     try:
-        opts = EmbedOptions.model_validate(options)
-        batcher = rt.batcher(rt.registry.get(model))
-        tokens = batcher.encoder.count_tokens(texts)
-        matrix = batcher.submit(texts, sum(tokens)).result()
-        if opts.normalize:
-            matrix = normalize(matrix)
+        matrix = compute(task)
     except ServiceError as error:
-        rt.jobs.fail(job_id, error.type, error.message)
+        rt.jobs.fail(task.job_id, error.type, error.message)
     except Exception as error:  # never let one job take the worker down
-        log.exception("job %s failed", job_id)
-        rt.jobs.fail(job_id, "internal_error", f"{type(error).__name__}: {error}")
+        log.exception("job %s failed", task.job_id)
+        rt.jobs.fail(task.job_id, "internal_error", f"{type(error).__name__}: {error}")
     else:
-        rt.jobs.succeed(job_id, matrix, sum(tokens))
+        rt.jobs.succeed(task.job_id, matrix)
 
 
 def register(app: Celery) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import orjson
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
-from api import dispatch
+from api import pipeline
 from api.body import json_body
-from api.errors import JOB_ERROR_STATUS, error_response
+from api.render import embeddings_body, json_response
 from api.services import services
-from common.errors import Conflict, Timeout
-from common.jobs import JobStatus
 from common.schemas import parse_request
 
 bp = Blueprint("embeddings", __name__)
@@ -20,20 +17,10 @@ bp = Blueprint("embeddings", __name__)
 def create_embeddings() -> Response:
     svc = services()
     req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    spec = svc.registry.get(req.model)
-    job_id = dispatch.submit(svc, spec, req)
-    job = svc.jobs.wait(job_id, svc.settings.REQUEST_TIMEOUT_SECONDS)
-    if job.status is JobStatus.SUCCEEDED:
-        body = dispatch.embeddings_body(job, svc.jobs.vectors(job), req.encoding_format)
-        return Response(
-            orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), mimetype="application/json"
-        )
-    if job.status is JobStatus.FAILED and job.error:
-        status = JOB_ERROR_STATUS.get(job.error["type"], 500)
-        return error_response(status, {**job.error, "param": None, "job_id": job_id})
-    if job.status is JobStatus.CANCELLED:
-        raise Conflict(f"job {job_id} was cancelled")
-    raise Timeout(
-        f"not done within {svc.settings.REQUEST_TIMEOUT_SECONDS:g}s; the job goes on: poll it",
-        job_id,
+    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
+    prep = pipeline.prepare(svc, req)
+    outcome = pipeline.embed_now(svc, prep, policy)
+    body = embeddings_body(
+        outcome.model, outcome.matrix, outcome.prompt_tokens, prep.encoding_format
     )
+    return json_response(body, headers={"X-Cache": outcome.cache})

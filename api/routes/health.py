@@ -7,16 +7,12 @@ import time
 import redis
 from flask import Blueprint, Response, jsonify
 
-from api.dispatch import pick_queue
+from api.pipeline import pick_queue
 from api.routes.models import model_entry
 from api.services import services
 from common.queueing import QueueName
 
 bp = Blueprint("health", __name__)
-
-
-def _cache_section() -> dict[str, float | int]:
-    return {"entries": 0, "hits": 0, "misses": 0, "hit_ratio": 0.0}
 
 
 @bp.get("/health")
@@ -35,7 +31,7 @@ def health() -> tuple[Response, int]:
             "queues": {},
             "workers": [],
             "models": [],
-            "cache": _cache_section(),
+            "cache": {"entries": 0, "hits": 0, "misses": 0, "hit_ratio": 0.0},
         }
         return jsonify(body), 503
     queues = {
@@ -54,6 +50,6 @@ def health() -> tuple[Response, int]:
         ],
         "models": [model_entry(svc, spec) for spec in svc.registry if spec.enabled],
         "default_model": svc.registry.default,
-        "cache": _cache_section(),
+        "cache": svc.cache.stats(),
     }
     return jsonify(body), 200

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import orjson
-from flask import Blueprint, Response, url_for
+from flask import Blueprint, Response, request, url_for
 
-from api import dispatch
+from api import pipeline
 from api.body import json_body
+from api.render import job_body, json_response
 from api.services import services
 from common.schemas import parse_request
 
 bp = Blueprint("jobs", __name__)
 
 
-def _json(body: dict, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status, headers=headers, mimetype="application/json",
-    )  # fmt: skip
-
-
 @bp.post("/api/v1/jobs")
 def create_job() -> Response:
     svc = services()
     req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    job_id = dispatch.submit(svc, svc.registry.get(req.model), req)
+    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
+    job_id = pipeline.submit(svc, pipeline.prepare(svc, req), policy)
     status_url = url_for("jobs.get_job", job_id=job_id)
     body = {"id": job_id, "status": "queued", "status_url": status_url}
-    return _json(body, 202, headers={"Location": status_url})
+    return json_response(body, 202, headers={"Location": status_url})
 
 
 @bp.get("/api/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     svc = services()
-    return _json(
-        dispatch.job_body(svc, svc.jobs.get(job_id), url_for("jobs.get_job", job_id=job_id))
-    )
+    job = svc.jobs.get(job_id)
+    return json_response(job_body(svc, job, url_for("jobs.get_job", job_id=job_id)))
 
 
 @bp.delete("/api/v1/jobs/<job_id>")

@@ -12,10 +12,6 @@ class Encoder(Protocol):
     dimensions: int
     device: str
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Tokens each text will use (after truncation to the model's limit)."""
-        ...
-
     def embed(self, texts: list[str]) -> np.ndarray:
-        """One float32 row per text, in order, not normalized. May run several passes."""
+        """One forward pass: a float32 row per text, in order, not normalized."""
         ...

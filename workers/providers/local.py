@@ -27,9 +27,7 @@ def pick_device(want_gpu: bool, gpu_enabled: bool) -> str:
 
 
 class SentenceTransformerEncoder:
-    def __init__(
-        self, spec: ModelSpec, device: str, batch_size: int, gpu_memory_fraction: float
-    ) -> None:
+    def __init__(self, spec: ModelSpec, device: str, gpu_memory_fraction: float) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.models import Normalize
@@ -45,24 +43,14 @@ class SentenceTransformerEncoder:
             model.half()
         model.eval()
         self._model = model
-        self._tokenizer = model.tokenizer
         self.name = spec.name
         self.device = device
-        self.batch_size = spec.batch_size or batch_size
-        self.max_tokens = model.max_seq_length
         self.dimensions = int(model.get_embedding_dimension())
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        encoded = self._tokenizer(
-            texts, add_special_tokens=True, truncation=True, max_length=self.max_tokens
-        )
-        return [len(ids) for ids in encoded["input_ids"]]
-
     def embed(self, texts: list[str]) -> np.ndarray:
-        # encode() sorts the texts by length and runs passes of batch_size, cutting padding.
         vectors = self._model.encode(
             texts,
-            batch_size=self.batch_size,
+            batch_size=len(texts),
             convert_to_numpy=True,
             normalize_embeddings=False,
             show_progress_bar=False,

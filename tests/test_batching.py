@@ -1,0 +1,115 @@
+"""Cross-request batching and deduplication: the planner, the batcher, the real worker."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import redis
+from flask import Flask
+from sentence_transformers import SentenceTransformer
+
+from common import keys
+from common.registry import load_registry
+from common.settings import Settings
+from tests.conftest import MODEL
+from workers.batcher import Batcher, PassStats, plan_passes
+
+
+def test_passes_are_length_sorted_and_bounded() -> None:
+    lengths = [5, 50, 7, 48, 6, 49, 200]
+    passes = plan_passes(lengths, batch_size=3, max_tokens=160)
+    assert sorted(i for p in passes for i in p) == list(range(7))
+    assert passes[0] == [6]  # 200 tokens alone: two of them would pass the budget
+    assert passes[1] == [1, 5, 3]  # the 50s together, not with the 5s
+    assert all(len(p) <= 3 for p in passes)
+    assert all(max(lengths[i] for i in p) * len(p) <= 160 for p in passes[1:])
+
+
+class CountingEncoder:
+    """A stand-in model (for the batcher alone): row = [len(text), pass number]."""
+
+    name, dimensions, device = "counting", 2, "cpu"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.busy = threading.Event()
+        self.gate = threading.Event()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.busy.set()
+        self.gate.wait(5)
+        self.calls.append(texts)
+        return np.array([[len(t), len(self.calls)] for t in texts], dtype=np.float32)
+
+
+def test_batcher_merges_requests_dedups_and_returns_each_its_rows() -> None:
+    encoder = CountingEncoder()
+    passes: list[PassStats] = []
+    batcher = Batcher(encoder, batch_size=64, max_tokens=10_000, wait_s=0.05, on_pass=passes.append)
+    first = batcher.submit(["warm"], [1])
+    assert encoder.busy.wait(5)  # the model is busy with "warm" while the rest queue up
+    requests = [["a" * (i + 1), "same", "b" * (i + 2)] for i in range(10)]
+    futures = [batcher.submit(texts, [len(t) for t in texts]) for texts in requests]
+    encoder.gate.set()
+    first.result(5)
+    for texts, future in zip(requests, futures, strict=True):
+        rows = future.result(5)
+        assert rows[:, 0].tolist() == [len(t) for t in texts]
+    assert len(encoder.calls) == 2  # the warm-up pass, then one pass for ten requests
+    assert encoder.calls[1].count("same") == 1
+    assert passes[1].texts == 21  # 10 + 10 distinct + "same" once
+
+
+def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
+    class Flaky(CountingEncoder):
+        def embed(self, texts: list[str]) -> np.ndarray:
+            if "boom" in texts:
+                raise RuntimeError("model error")
+            return super().embed(texts)
+
+    encoder = Flaky()
+    encoder.gate.set()
+    batcher = Batcher(encoder, batch_size=8, max_tokens=100, wait_s=0)
+    with pytest.raises(RuntimeError):
+        batcher.submit(["boom"], [1]).result(5)
+    assert batcher.submit(["fine"], [1]).result(5).shape == (1, 2)
+
+
+@pytest.fixture(scope="module")
+def reference(settings: Settings) -> SentenceTransformer:
+    path = load_registry(settings).get(MODEL).local_path()
+    return SentenceTransformer(str(path), device="cpu", local_files_only=True)
+
+
+def test_concurrent_requests_share_forward_passes(
+    app: Flask, worker: None, settings: Settings, reference: SentenceTransformer
+) -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    stats_key = keys.batch_stats(MODEL)
+    before = {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()}
+    texts = [f"concurrent request {i} {uuid.uuid4().hex}" for i in range(24)]
+
+    def one(text: str) -> list[float]:
+        response = app.test_client().post(
+            "/api/v1/embeddings", json={"input": [text, "shared text"]},
+            headers={"Cache-Control": "no-store"},
+        )  # fmt: skip
+        assert response.status_code == 200
+        return response.get_json()["data"][0]["embedding"]
+
+    with ThreadPoolExecutor(len(texts)) as pool:
+        answers = list(pool.map(one, texts))
+    after = {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()}
+    passes = after["passes"] - before.get("passes", 0)
+    requests = after["requests"] - before.get("requests", 0)
+    distinct = after["distinct_texts"] - before.get("distinct_texts", 0)
+    assert requests == len(texts)
+    assert passes < len(texts)
+    assert distinct < 2 * len(texts)  # "shared text" embedded fewer times than asked
+    expected = reference.encode(texts)
+    for got, want in zip(answers, expected, strict=True):
+        assert float(np.dot(got, want)) > 0.9999
