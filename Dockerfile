@@ -62,9 +62,10 @@ COPY workers ./workers
 COPY api ./api
 USER 10001:10001
 EXPOSE 3010
-# urllib raises on a non-2xx answer, so a 503 (Redis down) marks the container unhealthy.
+# urllib raises on a non-2xx answer, so a 503 from /readyz (Redis down, or no worker for
+# the default model) marks the container unhealthy.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '3010'), timeout=8)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('PORT', '3010'), timeout=8)"]
 CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
 
 # ------------------------------------------------------------------------ worker-cpu

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
-from api import errors
-from api.routes import cache, embeddings, health, jobs, models
+from api import errors, metrics, request_context
+from api.fronts import batches, ollama, openai
+from api.routes import cache, docs, embeddings, health, index_jobs, jobs, models, probes
 from api.services import Services
+from common import logs
 from common.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.LOG_LEVEL.upper())
+    logs.configure(settings.LOG_LEVEL, settings.RUST_LOG, service="api")
     app = Flask("embeddings-api")
+    # First: every later hook, handler and log line sees the request id.
+    request_context.init_app(app)
+    metrics.init_app(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["embeddings"] = Services.build(settings)
     errors.register(app)
-    for blueprint in (embeddings.bp, jobs.bp, models.bp, cache.bp, health.bp):
+    for blueprint in (embeddings.bp, jobs.bp, index_jobs.bp, models.bp, cache.bp, health.bp):
+        app.register_blueprint(blueprint)
+    for blueprint in (probes.bp, docs.bp, openai.bp, batches.bp, ollama.bp):
         app.register_blueprint(blueprint)
     return app

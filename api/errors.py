@@ -18,8 +18,12 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidRequest: 400,
     errors.NotFound: 404,
     errors.Conflict: 409,
+    errors.InsufficientStorage: 507,
     errors.Unavailable: 503,
     errors.Timeout: 504,
+    errors.UpstreamTimeout: 504,
+    errors.ProviderUnavailable: 503,
+    errors.UpstreamError: 502,
     errors.ServiceError: 500,
 }
 """Most specific class first; the first match wins."""
@@ -28,6 +32,9 @@ JOB_ERROR_STATUS: dict[str, int] = {
     errors.InvalidRequest.type: 400,
     errors.ModelNotFound.type: 404,
     errors.Unavailable.type: 503,
+    errors.UpstreamError.type: 502,
+    errors.ProviderUnavailable.type: 503,
+    errors.UpstreamTimeout.type: 504,
 }
 """A failed job's error type, as stored by the worker -> the sync call's status."""
 
@@ -51,7 +58,12 @@ def _service_error(error: errors.ServiceError) -> Response:
     payload: dict[str, object] = dict(error.to_dict())
     if isinstance(error, errors.Timeout):
         payload |= {"job_id": error.job_id, "status_url": f"/api/v1/jobs/{error.job_id}"}
-    return error_response(status_of(error), payload)
+    headers = None
+    if isinstance(error, errors.ProviderError):
+        payload["provider"] = error.provider
+        if error.retry_after:
+            headers = {"Retry-After": str(max(1, round(error.retry_after)))}
+    return error_response(status_of(error), payload, headers)
 
 
 def _http_error(error: HTTPException) -> Response:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
+from api import multiproc
+from common import logs
 from common.registry import load_registry
 from common.settings import SettingsError, get_settings
 
@@ -13,6 +16,9 @@ try:
     load_registry(_settings)
 except SettingsError as _error:
     sys.exit(f"embeddings api: {_error}")
+
+# Before the app (and so prometheus_client) is imported: the workers' metric files go here.
+_metrics_dir = multiproc.ensure_dir()
 
 bind = f"{_settings.HOST}:{_settings.PORT}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -24,3 +30,17 @@ graceful_timeout = 30
 keepalive = 5
 loglevel = _settings.LOG_LEVEL
 accesslog = "-" if _settings.LOG_LEVEL == "debug" else None
+# gunicorn's own lines as JSON, like the app's (common/logs.py).
+logconfig_dict = logs.gunicorn_config(_settings.LOG_LEVEL, _settings.RUST_LOG)
+
+
+def on_starting(server: Any) -> None:
+    multiproc.wipe(_metrics_dir)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    multiproc.mark_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    multiproc.remove_if_created(_metrics_dir)

@@ -7,17 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from api import metrics
 from api.services import Services
-from common import errors
+from common import errors, logs, providers
 from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK, QueueName
 from common.registry import ModelSpec, Provider
 from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
 from common.tokenization import token_lengths
-from common.vectors import unpack
-
-CHARS_PER_TOKEN = 4
-"""Token estimate for models whose tokenizer the API does not have (remote providers)."""
+from common.vectors import unpack_row
 
 
 @dataclass(frozen=True)
@@ -53,13 +51,9 @@ class Outcome:
 
 def prepare(svc: Services, request: EmbeddingRequest) -> Prepared:
     """Resolve the model and count tokens; refuse over-long texts when truncate is false."""
-    spec = svc.registry.get(request.model)
+    spec = providers.with_dimensions(svc.redis, svc.registry.get(request.model))
     texts = request.texts
-    tokenizer = spec.tokenizer_file()
-    if tokenizer is not None:
-        lengths = token_lengths(tokenizer, texts)
-    else:
-        lengths = [len(text) // CHARS_PER_TOKEN + 1 for text in texts]
+    lengths = token_lengths(spec.tokenizer_file(), texts)
     if not request.truncate:
         for i, n in enumerate(lengths):
             if n > spec.max_tokens:
@@ -68,8 +62,27 @@ def prepare(svc: Services, request: EmbeddingRequest) -> Prepared:
                     "(send truncate: true to cut it)",
                     param=f"input[{i}]",
                 )
+    check_dimensions(spec, request.dimensions)
     tokens = [min(n, spec.max_tokens) for n in lengths]
+    metrics.note_model(spec, sum(tokens), len(texts))
     return Prepared(spec, texts, tokens, request.options, request.encoding_format)
+
+
+def check_dimensions(spec: ModelSpec, wanted: int | None) -> None:
+    """Fewer dimensions only where the model supports them; never more than it has."""
+    if wanted is None or wanted == spec.dimensions:
+        return
+    if not spec.supports_dimensions:
+        raise errors.InvalidRequest(
+            f"dimensions: {spec.name} does not support choosing dimensions "
+            f"(it always gives {spec.dimensions or 'its own number of'})",
+            param="dimensions",
+        )
+    if spec.dimensions is not None and wanted > spec.dimensions:
+        raise errors.InvalidRequest(
+            f"dimensions: {spec.name} has {spec.dimensions}; ask for at most that",
+            param="dimensions",
+        )
 
 
 def pick_queue(svc: Services, spec: ModelSpec) -> str:
@@ -83,8 +96,37 @@ def pick_queue(svc: Services, spec: ModelSpec) -> str:
     return QueueName.CPU
 
 
+def check_provider(svc: Services, spec: ModelSpec) -> None:
+    """Fail fast, queueing nothing, for a remote model whose provider is not configured or
+    whose circuit breaker is open (the worker's breaker, read from Redis)."""
+    if spec.provider is Provider.LOCAL:
+        return
+    providers.require_configured(svc.settings, spec)
+    breaker = providers.breaker_state(
+        svc.redis, spec.provider.value, svc.settings.PROVIDER_BREAKER_FAILURES
+    )
+    if breaker["state"] == "open":
+        raise providers.breaker_open_error(
+            spec.provider.value,
+            int(breaker["failures"]),
+            float(breaker["retry_in_s"]),  # type: ignore[arg-type]
+        )
+
+
+def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:
+    """The spec with its dimensions, registered or learned; 409 while nobody knows them."""
+    spec = providers.with_dimensions(svc.redis, spec)
+    if spec.dimensions is None:
+        raise errors.Conflict(
+            f"the dimensions of {spec.name!r} are not known yet: embed one text with it first, "
+            "or give its dimensions in the model registry",
+        )
+    return spec
+
+
 def submit(svc: Services, prep: Prepared, policy: CachePolicy) -> str:
     """Record the job, then send the task by name (the API never imports workers)."""
+    check_provider(svc, prep.spec)
     queue = pick_queue(svc, prep.spec)
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
     job_id = svc.jobs.create(prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options)
@@ -99,7 +141,11 @@ def submit(svc: Services, prep: Prepared, policy: CachePolicy) -> str:
         cache_read=policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
     )
-    svc.celery.send_task(EMBED_TASK, args=[task.model_dump()], queue=queue)
+    logs.bind(job_id=job_id)
+    summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
+    svc.celery.send_task(
+        EMBED_TASK, args=[task.model_dump()], queue=queue, **logs.send_options(summary)
+    )
     return job_id
 
 
@@ -126,7 +172,7 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
         hits = sum(value is not None for value in found)
         if hits == n:
             svc.cache.count_hits(n)
-            matrix = np.stack([unpack(v, prep.spec.dimensions)[0] for v in found])  # type: ignore[arg-type]
+            matrix = np.stack([unpack_row(v) for v in found])  # type: ignore[arg-type]
             return Outcome(prep.spec.name, matrix, sum(prep.tokens), "hit")
     else:
         keys, hits = None, 0

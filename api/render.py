@@ -34,7 +34,7 @@ def embeddings_body(
     }
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
@@ -45,9 +45,9 @@ def job_body(svc: Services, job: Job, status_url: str) -> dict[str, object]:
         "status_url": status_url,
         "model": job.model,
         "count": job.count,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
     }
     if job.status is JobStatus.SUCCEEDED:
         fmt = str(job.options.get("encoding_format", "float"))

@@ -11,6 +11,7 @@ from flask import current_app
 
 from common import presence
 from common.cache import EmbeddingCache
+from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
 from common.queueing import make_celery
 from common.redis_client import connect
@@ -26,6 +27,7 @@ class Services:
     registry: Registry
     redis: redis.Redis
     jobs: JobStore
+    index_jobs: IndexJobStore
     cache: EmbeddingCache
     celery: Celery
     _workers: tuple[float, list[presence.WorkerInfo]] = field(default=(0.0, []))
@@ -38,6 +40,7 @@ class Services:
             registry=load_registry(settings),
             redis=client,
             jobs=JobStore(client, settings.JOB_TTL_SECONDS),
+            index_jobs=IndexJobStore(client, settings.JOB_TTL_SECONDS),
             cache=EmbeddingCache(client, settings.CACHE_TTL_SECONDS, settings.CACHE_SIZE),
             celery=make_celery(settings, main="embeddings-api"),
         )

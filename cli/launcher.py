@@ -12,7 +12,8 @@ from pathlib import Path
 
 import requests
 
-from cli.redis_server import RedisServer
+from cli.redis_server import RedisServer, free_port
+from common.providers import REMOTE, missing_setting
 from common.registry import load_registry
 from common.settings import Settings, SettingsError, load_settings
 
@@ -44,6 +45,12 @@ class Stack:
                 *celery, "worker", "-Q", "gpu", "--pool", "threads", "--concurrency", "16",
                 "-n", "gpu@%h", "--loglevel", level,
             ]  # fmt: skip
+        if any(missing_setting(self.settings, p) is None for p in REMOTE):
+            # Provider calls wait on the network: many threads, apart from the local models.
+            cmds["worker-remote"] = [
+                *celery, "worker", "-Q", "remote", "--pool", "threads", "--concurrency", "32",
+                "-n", "remote@%h", "--loglevel", level,
+            ]  # fmt: skip
         return cmds
 
     def start(self) -> None:
@@ -55,11 +62,24 @@ class Stack:
         else:
             print(f"redis   {env['REDIS_URL']}  (external)")
         root = Path(__file__).resolve().parent.parent
-        for name, cmd in self.commands().items():
-            self.children[name] = subprocess.Popen(cmd, env=env, cwd=root)
         host = "localhost" if self.settings.HOST in ("0.0.0.0", "::") else self.settings.HOST
-        print(f"api     http://{host}:{self.settings.PORT}  (health: /health)")
-        print(f"flower  http://127.0.0.1:{self.flower_port}")
+        metrics: list[str] = []
+        for name, cmd in self.commands().items():
+            child_env = env
+            if name.startswith("worker-") and os.environ.get("WORKER_METRICS_PORT") != "0":
+                port = free_port()  # one per worker; WORKER_METRICS_PORT=0 turns them off
+                child_env = dict(env, WORKER_METRICS_PORT=str(port))
+                metrics.append(f"{name} http://{host}:{port}/metrics")
+            self.children[name] = subprocess.Popen(cmd, env=child_env, cwd=root)
+        print(f"api     http://{host}:{self.settings.PORT}  (health: /health, docs: /docs)")
+        print(f"metrics http://{host}:{self.settings.PORT}/metrics (api)", *metrics, sep="  ")
+        if os.environ.get("FLOWER_BASIC_AUTH"):
+            print(f"flower  http://127.0.0.1:{self.flower_port}  (login: FLOWER_BASIC_AUTH)")
+        else:
+            print(
+                f"flower  http://127.0.0.1:{self.flower_port}  (open, local development only: "
+                "set FLOWER_BASIC_AUTH=user:password to require a login)"
+            )
 
     def wait_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.settings.PORT}/health"

@@ -1,12 +1,19 @@
-"""The `embeddings` command."""
+"""The `embeddings` command: run the system locally, or talk to a running one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
-from cli import launcher
+from cli import indexer, launcher
+from cli.client import ApiError, Client
+
+url_option = click.option(
+    "--url", default="http://localhost:3010", envvar="EMBEDDINGS_URL", show_default=True
+)
+key_option = click.option("--api-key", envvar="EMBEDDINGS_API_KEY", default=None)
 
 
 @click.group()
@@ -24,3 +31,60 @@ def main() -> None:
 def up(flower_port: int, gpu_worker: bool, run_dir: Path) -> None:
     """Start Redis (embedded unless REDIS_URL is set), the API, a CPU worker and Flower."""
     raise SystemExit(launcher.run(flower_port, gpu_worker, run_dir))
+
+
+@main.command()
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--model", default=None)
+@url_option
+@key_option
+def embed(texts: tuple[str, ...], model: str | None, url: str, api_key: str | None) -> None:
+    """Embed TEXTS and print the answer as JSON."""
+    try:
+        click.echo(json.dumps(Client(url, api_key).embed(list(texts), model)))
+    except ApiError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option("--job", "job_id", default=None, help="Re-attach to this job instead of submitting.")
+@click.option("--model", default=None)
+@click.option("--max-tokens", type=int, default=None, help="Chunk size in tokens.")
+@click.option("--overlap-tokens", type=int, default=None)
+@click.option("--skip-bad", is_flag=True, help="Run the good documents when some are bad.")
+@click.option("--format", "fmt", type=click.Choice(["ndjson", "npy", "npz"]), default="ndjson")
+@url_option
+@key_option
+def index(
+    source: Path | None, output: Path, job_id: str | None, model: str | None,
+    max_tokens: int | None, overlap_tokens: int | None, skip_bad: bool, fmt: str, url: str,
+    api_key: str | None,
+) -> None:  # fmt: skip
+    """Index the documents of a JSONL file ({"id", "text", "metadata"?} per line)."""
+    params = {"model": model, "max_tokens": max_tokens, "overlap_tokens": overlap_tokens,
+              "on_error": "skip" if skip_bad else None}  # fmt: skip
+    params = {k: str(v) for k, v in params.items() if v is not None}
+    try:
+        raise SystemExit(indexer.run(Client(url, api_key), source, job_id, output, fmt, params))
+    except ApiError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+@url_option
+@key_option
+def jobs(limit: int, url: str, api_key: str | None) -> None:
+    """List index jobs, newest first."""
+    try:
+        rows = Client(url, api_key).index_jobs(limit)
+    except ApiError as error:
+        raise click.ClickException(str(error)) from None
+    for job in rows:
+        docs = job["documents"]
+        click.echo(
+            f"{job['id']}  {job['status']:<10} {job['model']:<20} "
+            f"{docs['done']}/{docs['total']} docs  {job['created_at']}"
+        )

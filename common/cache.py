@@ -36,7 +36,8 @@ return values
 def entry_keys(
     spec: ModelSpec, options: EmbedOptions, texts: Sequence[str], generations: tuple[int, int]
 ) -> list[str]:
-    prefix = f"{spec.name}\0{spec.revision}\0{options.model_dump_json()}\0".encode()
+    identity = f"{spec.name}\0{spec.revision}\0{spec.dimensions}\0{options.model_dump_json()}"
+    prefix = (identity + "\0").encode()
     stem = keys.cache_entry_prefix(*generations)
     return [stem + hashlib.blake2b(prefix + t.encode(), digest_size=16).hexdigest() for t in texts]
 
@@ -85,6 +86,10 @@ class EmbeddingCache:
             [entry_keys[i] for i in missing if found[i]], [found[i] for i in missing if found[i]]
         )
         return found
+
+    def local_entries(self) -> int:
+        """Vectors held in this process's LRU (the `cache_size` metric)."""
+        return len(self._local) if self._local is not None else 0
 
     def count_hits(self, hits: int) -> None:
         self.redis.hincrby(keys.CACHE_STATS, "hits", hits)

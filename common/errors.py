@@ -53,6 +53,59 @@ class Unavailable(ServiceError):
     type = "service_unavailable"
 
 
+class InsufficientStorage(Unavailable):
+    """Redis is too full to take new work: refused now rather than lost later."""
+
+    type = "insufficient_storage"
+
+
+class ProviderError(ServiceError):
+    """A call to a remote provider (ollama, openai) that failed; the message starts with the
+    provider's name. `retryable`: worth another try (429, 5xx, connection errors);
+    `retry_after`: seconds the provider (or its open breaker) asks us to wait."""
+
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class UpstreamError(ProviderError):
+    """The provider answered with an error (5xx) or an answer that cannot be used."""
+
+    type = "upstream_error"
+
+
+class ProviderUnavailable(ProviderError):
+    """Not configured, unreachable, rate limiting us, or its circuit breaker is open."""
+
+    type = "provider_unavailable"
+
+
+class UpstreamTimeout(ProviderError):
+    """The provider did not answer within PROVIDER_TIMEOUT_SECONDS."""
+
+    type = "upstream_timeout"
+
+
+class ProviderRejected(InvalidRequest):
+    """The provider refused the input (its 400 or 422): the client's to fix."""
+
+    def __init__(self, provider: str, message: str) -> None:
+        super().__init__(f"{provider} rejected the input: {message}", param="input")
+        self.provider = provider
+
+
 class Timeout(ServiceError):
     """The wait ran out; the job goes on and can be polled."""
 

@@ -37,8 +37,8 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
-# KEYS: job hash, done list. ARGV: new status, allowed current statuses (comma-separated),
-# done-signal TTL (0: no signal), then field/value pairs to set.
+# KEYS: job hash, done list, job stats (keys.JOB_STATS). ARGV: new status, allowed current
+# statuses (comma-separated), done-signal TTL (0: no signal), then field/value pairs to set.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
@@ -46,6 +46,14 @@ if not string.find(',' .. ARGV[2] .. ',', ',' .. current .. ',', 1, true) then
   return current
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 4))
+if current ~= ARGV[1] and (current == 'queued' or current == 'running') then
+  redis.call('HINCRBY', KEYS[3], current, -1)
+  if ARGV[1] == 'queued' or ARGV[1] == 'running' then
+    redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+  else
+    redis.call('HINCRBY', KEYS[3], 'finished:' .. ARGV[1], 1)
+  end
+end
 if tonumber(ARGV[3]) > 0 then
   redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -106,6 +114,8 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=mapping)
             pipe.expire(keys.job(job_id), self.ttl)
+            pipe.hincrby(keys.JOB_STATS, "created", 1)
+            pipe.hincrby(keys.JOB_STATS, JobStatus.QUEUED.value, 1)
             pipe.execute()
         return job_id
 
@@ -146,7 +156,9 @@ class JobStore:
         args.append(DONE_SIGNAL_TTL_SECONDS if signal else 0)
         for name, value in fields.items():
             args += [name, value]
-        result = self._transition(keys=[keys.job(job_id), keys.job_done(job_id)], args=args)
+        result = self._transition(
+            keys=[keys.job(job_id), keys.job_done(job_id), keys.JOB_STATS], args=args
+        )
         return result == b"ok"
 
     def start(self, job_id: str) -> bool:

@@ -24,6 +24,10 @@ CACHE_GENERATION = f"{PREFIX}:cache:gen"
 CACHE_STATS = f"{PREFIX}:cache:stats"
 """Hash: hits, misses (all API processes)."""
 
+JOB_STATS = f"{PREFIX}:stats:jobs"
+"""Hash kept by common/jobs.py's transitions: queued, running (jobs in that state now);
+created, finished:<state> (jobs ever created, and ended as succeeded/failed/cancelled)."""
+
 
 def cache_model_generation(model: str) -> str:
     """Integer bumped by DELETE /api/v1/cache?model=..."""
@@ -38,3 +42,62 @@ def cache_entry_prefix(global_generation: int, model_generation: int) -> str:
 def batch_stats(model: str) -> str:
     """Hash: counters of the passes and collections the workers formed for a model."""
     return f"{PREFIX}:stats:batches:{model}"
+
+
+def provider_state(provider: str) -> str:
+    """Hash: what remote workers last saw of a provider (call outcome, Ollama's pulled models)."""
+    return f"{PREFIX}:provider:{provider}"
+
+
+def breaker(provider: str, part: str) -> str:
+    """A provider's circuit breaker, shared by every worker and read by /health.
+
+    failures: integer, failed calls in a row; open: set (with a TTL) while calls fail fast;
+    trial: set while one worker's trial call tests a provider that was down.
+    """
+    return f"{PREFIX}:provider:{provider}:breaker:{part}"
+
+
+def model_dimensions(model: str) -> str:
+    """Integer: dimensions learned from a remote model's first answer (registry left them out)."""
+    return f"{PREFIX}:model:{model}:dimensions"
+
+
+def index_job(job_id: str) -> str:
+    """Hash: an index job's state and counters (chunks/docs total, done, failed)."""
+    return f"{PREFIX}:ix:{job_id}"
+
+
+def index_job_part(job_id: str, part: str) -> str:
+    """Per-job hashes keyed by batch number or document id.
+
+    plan: batch -> JSON [[doc id, chunk, start, end], ...]; vectors: batch -> packed
+    float32 rows in plan order; batch_failed: batch -> reason; failed: doc id -> reason;
+    metadata: doc id -> JSON.
+    """
+    return f"{PREFIX}:ix:{job_id}:{part}"
+
+
+def index_jobs_of(owner: str) -> str:
+    """Sorted set: an owner's index job ids by creation time."""
+    return f"{PREFIX}:ix-owner:{owner}"
+
+
+def openai_file(file_id: str) -> str:
+    """Hash: an OpenAI-API file: `meta` (JSON) and `content` (bytes)."""
+    return f"{PREFIX}:oa:file:{file_id}"
+
+
+def openai_batch(batch_id: str) -> str:
+    """Hash: an OpenAI-API batch: `meta` (JSON), `requests` lives in openai_batch_requests."""
+    return f"{PREFIX}:oa:batch:{batch_id}"
+
+
+def openai_batch_requests(batch_id: str) -> str:
+    """Hash: custom_id -> JSON {encoding_format, dimensions, tokens} of each request line."""
+    return f"{PREFIX}:oa:batch:{batch_id}:requests"
+
+
+def openai_batches_of(owner: str) -> str:
+    """Sorted set: an owner's batch ids by creation time."""
+    return f"{PREFIX}:oa:batches:{owner}"

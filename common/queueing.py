@@ -19,6 +19,9 @@ class QueueName(StrEnum):
 EMBED_TASK = "embeddings.embed"
 """Task name the API sends; workers/tasks.py registers the task under it."""
 
+INDEX_BATCH_TASK = "embeddings.index_batch"
+"""One batch of a bulk index job; workers/indexing.py registers it."""
+
 
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
@@ -28,6 +31,11 @@ def celery_config(settings: Settings) -> dict[str, object]:
         # after this long. It must exceed the longest task.
         "broker_transport_options": {
             "visibility_timeout": settings.BROKER_VISIBILITY_TIMEOUT_SECONDS,
+            # Look for such messages every few seconds (kombu's default is ~100 s).
+            "unacked_restore_interval": min(
+                10, max(1, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS // 3)
+            ),
+            "unacked_restore_throttle": 1,
         },
         "task_queues": [Queue(q.value) for q in QueueName],
         "task_default_queue": QueueName.CPU.value,

@@ -18,6 +18,7 @@ class EmbedOptions(BaseModel):
 
     normalize: bool = True
     truncate: bool = True
+    dimensions: int | None = None
 
 
 class EmbedTask(BaseModel):
@@ -49,6 +50,10 @@ class EmbeddingRequest(BaseModel):
         bool, Field(description="Cut texts past the model's max tokens (else refuse them).")
     ] = True
     encoding_format: EncodingFormat = "float"
+    dimensions: Annotated[
+        int | None,
+        Field(ge=1, description="Fewer dimensions, for models that support them (Matryoshka)."),
+    ] = None
 
     @field_validator("input")
     @classmethod
@@ -67,7 +72,54 @@ class EmbeddingRequest(BaseModel):
 
     @property
     def options(self) -> EmbedOptions:
-        return EmbedOptions(normalize=self.normalize, truncate=self.truncate)
+        return EmbedOptions(
+            normalize=self.normalize, truncate=self.truncate, dimensions=self.dimensions
+        )
+
+
+class Document(BaseModel):
+    """One line of an upload, or one entry of `documents`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: Annotated[str | int, Field(description="Your id; results are keyed by it.")]
+    text: Annotated[str, Field(min_length=1)]
+    metadata: dict[str, object] | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or only whitespace")
+        return value
+
+
+class Chunking(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: Annotated[int | None, Field(ge=8, description="Default: the model's.")] = None
+    overlap_tokens: Annotated[int, Field(ge=0)] = 0
+
+
+class IndexJobOptions(BaseModel):
+    """Options of an index job: JSON body fields, or query/form fields of an upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    chunking: Chunking = Chunking()
+    normalize: bool = True
+    on_error: Annotated[
+        Literal["fail", "skip"],
+        Field(description="fail: refuse the upload if any document is bad; skip: run the rest."),
+    ] = "fail"
+
+
+class IndexBatchTask(EmbedTask):
+    """One batch of an index job: whole documents' chunks, in plan order."""
+
+    batch: int
+    docs: int
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
@@ -81,6 +133,18 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out or "body"
 
 
+def first_error(error: ValidationError, prefix: str = "") -> tuple[str, str]:
+    """(param, message) of a validation error, the param as `documents[3].text`."""
+    errors = error.errors()
+    # A union (str | list[str]) reports one error per branch; the list branch is the
+    # informative one when the input was a list.
+    chosen = next((e for e in errors if "list[str]" in e["loc"]), errors[0])
+    param = _param(chosen["loc"])
+    if prefix:
+        param = f"{prefix}.{param}" if param != "body" else prefix
+    return param, chosen["msg"].removeprefix("Value error, ")
+
+
 def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
     """Validate a decoded JSON body; InvalidRequest names the offending field."""
     if not isinstance(body, dict):
@@ -88,12 +152,7 @@ def parse_request(body: object, max_inputs: int) -> EmbeddingRequest:
     try:
         request = EmbeddingRequest.model_validate(body)
     except ValidationError as error:
-        errors = error.errors()
-        # A union (str | list[str]) reports one error per branch; the list branch is the
-        # informative one when the input was a list.
-        chosen = next((e for e in errors if "list[str]" in e["loc"]), errors[0])
-        param = _param(chosen["loc"])
-        message = chosen["msg"].removeprefix("Value error, ")
+        param, message = first_error(error)
         raise InvalidRequest(f"{param}: {message}", param=param) from None
     if len(request.texts) > max_inputs:
         raise InvalidRequest(

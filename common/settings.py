@@ -27,6 +27,13 @@ class Settings(BaseSettings):
     PORT: Annotated[int, Field(ge=1, le=65535, description="API port.")] = 3010
     HOST: Annotated[str, Field(description="API bind address.")] = "0.0.0.0"
     LOG_LEVEL: Annotated[LogLevel, Field(description="debug, info, warning, error.")] = "info"
+    RUST_LOG: Annotated[
+        str | None,
+        Field(description="The guide's debug switch: debug, or embeddings=debug (common/logs)."),
+    ] = None
+    WORKER_METRICS_PORT: Annotated[
+        int, Field(ge=0, le=65535, description="A worker's Prometheus port (/metrics); 0: off.")
+    ] = 0
 
     # Providers
     OLLAMA_URL: Annotated[str | None, Field(description="Ollama server; unset: off.")] = None
@@ -35,6 +42,31 @@ class Settings(BaseSettings):
         "all-MiniLM-L6-v2"
     )
     MODELS_FILE: Annotated[Path | None, Field(description="TOML model registry.")] = None
+    OPENAI_BASE_URL: Annotated[
+        str | None,
+        Field(description="OpenAI-compatible server (TEI, vLLM, Infinity); unset: OpenAI."),
+    ] = None
+    OLLAMA_KEEP_ALIVE: Annotated[
+        str, Field(description="How long Ollama keeps a model loaded after a call (5m, 1h, -1).")
+    ] = "5m"
+    PROVIDER_TIMEOUT_SECONDS: Annotated[
+        float, Field(gt=0, description="One Ollama/OpenAI HTTP call; past it: 504.")
+    ] = 30.0
+    PROVIDER_MAX_RETRIES: Annotated[
+        int, Field(ge=0, le=10, description="Retries after a 429, 5xx or connection error.")
+    ] = 3
+    PROVIDER_RETRY_BACKOFF_SECONDS: Annotated[
+        float, Field(gt=0, description="First backoff; doubles per retry, plus jitter.")
+    ] = 0.5
+    PROVIDER_RETRY_MAX_WAIT_SECONDS: Annotated[
+        float, Field(gt=0, description="Longest wait between tries; a longer Retry-After fails.")
+    ] = 20.0
+    PROVIDER_BREAKER_FAILURES: Annotated[
+        int, Field(ge=1, description="Failed calls in a row that open a provider's breaker.")
+    ] = 5
+    PROVIDER_BREAKER_OPEN_SECONDS: Annotated[
+        float, Field(gt=0, description="Fail fast this long, then let one trial call through.")
+    ] = 30.0
 
     # Performance
     MAX_CONCURRENT_REQUESTS: Annotated[int, Field(ge=1)] = 100
@@ -45,6 +77,8 @@ class Settings(BaseSettings):
     CACHE_SIZE: Annotated[int, Field(ge=0)] = 1000
     MAX_REQUEST_BYTES: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
     MAX_INPUTS: Annotated[int, Field(ge=1, le=100_000)] = 2048
+    MAX_UPLOAD_BYTES: Annotated[int, Field(ge=1024)] = 8 * 1024**3
+    INDEX_BATCH_CHUNKS: Annotated[int, Field(ge=1, le=4096)] = 64
 
     # Models and hardware
     MODEL_CACHE_DIR: Path = Path.home() / ".cache" / "embeddings-service" / "models"
@@ -56,6 +90,7 @@ class Settings(BaseSettings):
     CACHE_TTL_SECONDS: Annotated[int, Field(ge=1)] = 3600
     JOB_TTL_SECONDS: Annotated[int, Field(ge=60)] = 24 * 3600
     BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[int, Field(ge=1)] = 1800
+    REDIS_MAX_FILL_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9
 
     # Rate limiting
     RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[int, Field(ge=1)] = 1000
@@ -65,6 +100,12 @@ class Settings(BaseSettings):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("OLLAMA_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `OLLAMA_URL=` in a compose file means "off", like leaving it out.
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("REDIS_URL")
     @classmethod

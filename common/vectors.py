@@ -17,6 +17,11 @@ def unpack(data: bytes, dimensions: int) -> np.ndarray:
     return np.frombuffer(data, dtype=DTYPE).reshape(-1, dimensions)
 
 
+def unpack_row(data: bytes) -> np.ndarray:
+    """One vector (a cache entry): its length is its dimensions, known or not."""
+    return np.frombuffer(data, dtype=DTYPE)
+
+
 def normalize(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return matrix / np.maximum(norms, 1e-12)

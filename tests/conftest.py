@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -89,11 +90,22 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def worker(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def worker_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session worker's output (its JSON log lines)."""
+    return tmp_path_factory.mktemp("worker") / "worker.log"
+
+
+@pytest.fixture(scope="session")
+def worker_metrics_port() -> int:
+    """The session worker's Prometheus port (WORKER_METRICS_PORT)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def worker(redis_url: str, worker_log: Path, worker_metrics_port: int) -> Iterator[None]:
     """One worker for the session, on the cpu and gpu queues, with the real model."""
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start_worker(redis_url, log_path)
-    wait_for_worker(redis_url, process, log_path, "test")
+    process = start_worker(redis_url, worker_log, WORKER_METRICS_PORT=str(worker_metrics_port))
+    wait_for_worker(redis_url, process, worker_log, "test")
     yield
     stop(process)
 
@@ -118,3 +130,34 @@ def bare_client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+@pytest.fixture(scope="session")
+def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The live API's output (gunicorn's and the app's JSON log lines)."""
+    return tmp_path_factory.mktemp("api") / "api.log"
+
+
+@pytest.fixture(scope="session")
+def live_api(redis_url: str, worker: None, api_log: Path) -> Iterator[str]:
+    """The API under gunicorn, as deployed (two processes, so /metrics must sum them),
+    on a free port: its base URL."""
+    api_port = free_port()
+    log_path = api_log
+    env = service_env(redis_url, PORT=str(api_port), HOST="127.0.0.1", WEB_CONCURRENCY="2")
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{api_port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"API did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    yield url
+    stop(process)

@@ -653,7 +653,7 @@ def test_ports_agree_with_the_settings() -> None:
     assert API_PORT == 3010
     compose = load_yaml(COMPOSE)["services"]
     assert compose["api"]["ports"] == [f"{API_PORT}:{API_PORT}"]
-    assert f"127.0.0.1:{API_PORT}/health" in compose["api"]["healthcheck"]["test"][-1]
+    assert f"127.0.0.1:{API_PORT}/readyz" in compose["api"]["healthcheck"]["test"][-1]
     assert compose["flower"]["ports"] == [f"{FLOWER_PORT}:{FLOWER_PORT}"]
     assert f"127.0.0.1:{FLOWER_PORT}/healthcheck" in compose["flower"]["healthcheck"]["test"][-1]
     assert k8s_objects("ConfigMap")["embeddings-service-config"]["data"]["PORT"] == str(API_PORT)
@@ -667,5 +667,5 @@ def test_ports_agree_with_the_settings() -> None:
         service = k8s_objects("Service")[name]["spec"]["ports"]
         assert [(p["port"], named[p["targetPort"]]) for p in service] == [(port, port)], name
     probe = k8s_objects("Deployment")["embeddings-service"]["spec"]["template"]["spec"]
-    assert probe["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert probe["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert probe["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert probe["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"

@@ -18,7 +18,7 @@ from celery.worker import WorkController
 from common import presence
 from common.queueing import make_celery
 from common.settings import SettingsError, get_settings
-from workers import runtime, tasks
+from workers import indexing, metrics, runtime, task_logs, tasks
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,12 @@ try:
 except SettingsError as error:
     sys.exit(f"embeddings worker: {error}")
 
+# Metrics first: its task_postrun line still has the log context task_logs then clears.
+metrics.install()
+task_logs.install(settings)
 app = make_celery(settings)
 tasks.register(app)
+indexing.register(app)
 _stop_heartbeat = threading.Event()
 
 
@@ -43,6 +47,10 @@ def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
     except SettingsError as error:
         sys.exit(f"embeddings worker: {error}")
     rt.load_models()
+    try:
+        metrics.serve(settings, rt.registry, rt.name, rt.queues, rt.device)
+    except OSError as error:
+        sys.exit(f"embeddings worker: WORKER_METRICS_PORT={settings.WORKER_METRICS_PORT}: {error}")
     threading.Thread(
         target=rt.heartbeat_forever, args=(_stop_heartbeat,), name="heartbeat", daemon=True
     ).start()

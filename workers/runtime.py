@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 
 from common import presence
 from common.cache import EmbeddingCache
+from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
 from common.queueing import QueueName
 from common.redis_client import connect
 from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
 from workers.batcher import Batcher
+from workers.metrics import BatchHooks
+from workers.remote import RemoteModels
 from workers.stats import BatchRecorder
 
 log = logging.getLogger(__name__)
@@ -32,28 +35,53 @@ class WorkerRuntime:
     queues: list[str]
     name: str
     jobs: JobStore = field(init=False)
+    index_jobs: IndexJobStore = field(init=False)
     cache: EmbeddingCache = field(init=False)
     device: str = field(init=False, default="cpu")
     batchers: dict[str, Batcher] = field(init=False, default_factory=dict)
+    remote: RemoteModels = field(init=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.redis = connect(self.settings.REDIS_URL)
         self.jobs = JobStore(self.redis, self.settings.JOB_TTL_SECONDS)
+        self.index_jobs = IndexJobStore(self.redis, self.settings.JOB_TTL_SECONDS)
         self.cache = EmbeddingCache(self.redis, self.settings.CACHE_TTL_SECONDS, local_size=0)
+        # Remote providers' clients are built on first use: light, no model to load.
+        self.remote = RemoteModels(self.settings, self.registry, self.redis)
+
+    def receives(self, spec: ModelSpec) -> bool:
+        """Whether this worker's queues get the model's tasks ("local": the cpu or gpu queue)."""
+        if spec.queue == "local":
+            return bool({QueueName.CPU, QueueName.GPU} & set(self.queues))
+        return spec.queue in self.queues
 
     def serves_local(self) -> bool:
-        return bool({QueueName.CPU, QueueName.GPU} & set(self.queues))
+        return any(
+            spec.enabled and spec.provider is Provider.LOCAL and self.receives(spec)
+            for spec in self.registry
+        )
+
+    def serves_remote(self) -> bool:
+        return QueueName.REMOTE in self.queues
 
     def load_models(self) -> None:
-        """Load every enabled local model this worker's queues can receive."""
+        """Load every enabled local model this worker's queues can receive; on the remote
+        queue, start watching the providers (Ollama's pulled models) instead."""
+        if self.serves_remote():
+            probe = threading.Thread(
+                target=self.remote.probe_forever, args=(threading.Event(),), daemon=True,
+                name="provider-probe",
+            )  # fmt: skip
+            probe.start()
+            log.info("remote models: %s", ", ".join(self.remote.served()) or "none configured")
         if not self.serves_local():
             return
         from workers.providers.local import pick_device
 
         self.device = pick_device(QueueName.GPU in self.queues, self.settings.GPU_ENABLED)
         for spec in self.registry:
-            if spec.enabled and spec.provider is Provider.LOCAL:
+            if spec.enabled and spec.provider is Provider.LOCAL and self.receives(spec):
                 self.batcher(spec)
 
     def batcher(self, spec: ModelSpec) -> Batcher:
@@ -63,18 +91,38 @@ class WorkerRuntime:
             return self.batchers[spec.name]
 
     def _build(self, spec: ModelSpec) -> Batcher:
+        from workers.providers.base import Encoder
         from workers.providers.local import SentenceTransformerEncoder
 
-        encoder = SentenceTransformerEncoder(spec, self.device, self.settings.GPU_MEMORY_FRACTION)
-        log.info("loaded model %s on %s (%d dims)", spec.name, self.device, encoder.dimensions)
+        backend = spec.backend if self.device == "cpu" else "torch"
+        if backend != spec.backend:
+            log.info("model %s: backend %s is CPU-only, using torch", spec.name, spec.backend)
+        encoder: Encoder
+        if backend == "torch":
+            encoder = SentenceTransformerEncoder(
+                spec, self.device, self.settings.GPU_MEMORY_FRACTION
+            )
+        else:
+            from workers.providers.onnx import OnnxEncoder
+
+            int8 = backend == "onnx-int8"
+            encoder = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR, int8=int8)
+        log.info(
+            "loaded model %s on %s with %s (%d dims)",
+            spec.name,
+            self.device,
+            backend,
+            encoder.dimensions,
+        )
         recorder = BatchRecorder(self.redis, spec.name)
+        hooks = BatchHooks(spec.name, recorder.on_pass, recorder.on_collection)  # + Prometheus
         return Batcher(
             encoder,
             batch_size=spec.batch_size or self.settings.BATCH_SIZE,
             max_tokens=self.settings.MAX_BATCH_TOKENS,
             wait_s=self.settings.BATCH_WAIT_MS / 1000,
-            on_pass=recorder.on_pass,
-            on_collection=recorder.on_collection,
+            on_pass=hooks.on_pass,
+            on_collection=hooks.on_collection,
         )
 
     def info(self) -> presence.WorkerInfo:
@@ -82,7 +130,9 @@ class WorkerRuntime:
             name=self.name,
             queues=self.queues,
             device=self.device,
-            models=sorted(self.batchers),
+            models=sorted(
+                [*self.batchers, *(self.remote.served() if self.serves_remote() else [])]
+            ),
             pid=os.getpid(),
         )
 

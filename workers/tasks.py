@@ -9,9 +9,10 @@ from celery import Celery
 
 from common.errors import ServiceError
 from common.queueing import EMBED_TASK
+from common.registry import Provider
 from common.schemas import EmbedTask
-from common.vectors import normalize, unpack
-from workers import runtime
+from common.vectors import normalize, unpack_row
+from workers import metrics, runtime
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +21,23 @@ def compute(task: EmbedTask) -> np.ndarray:
     """The job's vectors: cached rows from Redis, the rest from the model (then cached)."""
     rt = runtime.current()
     spec = rt.registry.get(task.model)
+    wanted = task.options.dimensions
+    if wanted and spec.provider is not Provider.LOCAL:  # the provider shortens them itself
+        spec = spec.model_copy(update={"dimensions": wanted})
     keys = task.cache_keys
     cached = rt.cache.get_many(keys) if keys and task.cache_read else [None] * len(task.texts)
     misses = [i for i, value in enumerate(cached) if value is None]
     rows: list[np.ndarray | None] = [
-        None if value is None else unpack(value, spec.dimensions)[0] for value in cached
+        None if value is None else unpack_row(value) for value in cached
     ]
     if misses:
-        batcher = rt.batcher(spec)
-        computed = batcher.submit(
-            [task.texts[i] for i in misses], [task.tokens[i] for i in misses]
-        ).result()
+        texts, tokens = [task.texts[i] for i in misses], [task.tokens[i] for i in misses]
+        if spec.provider is Provider.LOCAL:
+            computed = rt.batcher(spec).submit(texts, tokens).result()
+        else:  # Ollama, OpenAI: called from this thread, no batcher
+            computed = rt.remote.embed(spec, texts, tokens, task.options.truncate)
+        if wanted and computed.shape[1] > wanted:  # Matryoshka: cut, then re-normalize
+            computed = computed[:, :wanted]
         if task.options.normalize:
             computed = normalize(computed)
         for i, row in zip(misses, computed, strict=True):
@@ -54,9 +61,11 @@ def embed(payload: dict[str, object]) -> None:
     try:
         matrix = compute(task)
     except ServiceError as error:
+        metrics.task_failed(task.model, error.type)
         rt.jobs.fail(task.job_id, error.type, error.message)
     except Exception as error:  # never let one job take the worker down
         log.exception("job %s failed", task.job_id)
+        metrics.task_failed(task.model, "internal_error")
         rt.jobs.fail(task.job_id, "internal_error", f"{type(error).__name__}: {error}")
     else:
         rt.jobs.succeed(task.job_id, matrix)

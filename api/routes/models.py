@@ -5,13 +5,31 @@ from __future__ import annotations
 from flask import Blueprint
 
 from api.services import Services, services
-from common.registry import ModelSpec
+from common import providers
+from common.registry import ModelSpec, Provider
 
 bp = Blueprint("models", __name__)
 
+ProviderStates = dict[Provider, dict[str, object]]
 
-def model_entry(svc: Services, spec: ModelSpec) -> dict[str, object]:
-    available = any(spec.name in w.models for w in svc.workers())
+
+def provider_states(svc: Services) -> ProviderStates:
+    """Each remote provider's health, from what the workers keep in Redis (no provider call)."""
+    return {p: providers.health(svc.redis, svc.settings, p) for p in providers.REMOTE}
+
+
+def model_entry(
+    svc: Services, spec: ModelSpec, states: ProviderStates | None = None
+) -> dict[str, object]:
+    """`available`: a live worker serves it and, for a remote model, its provider is
+    configured and up and (Ollama) has it pulled; `unavailable_reason` says what is missing."""
+    reason = None
+    if spec.provider in providers.REMOTE:
+        state = (states or provider_states(svc))[spec.provider]
+        reason = providers.unavailable_reason(spec, state)
+        spec = providers.with_dimensions(svc.redis, spec)
+    if reason is None and not any(spec.name in w.models for w in svc.workers()):
+        reason = f"no worker on the {spec.queue!r} queue serves it"
     return {
         "id": spec.name,
         "provider": spec.provider.value,
@@ -20,11 +38,14 @@ def model_entry(svc: Services, spec: ModelSpec) -> dict[str, object]:
         "queue": spec.queue,
         "revision": spec.revision,
         "default": spec.name == svc.registry.default,
-        "available": available,
+        "available": reason is None,
+        "unavailable_reason": reason,
     }
 
 
 @bp.get("/api/v1/models")
 def list_models() -> dict[str, object]:
     svc = services()
-    return {"object": "list", "data": [model_entry(svc, s) for s in svc.registry if s.enabled]}
+    states = provider_states(svc)
+    data = [model_entry(svc, s, states) for s in svc.registry if s.enabled]
+    return {"object": "list", "data": data}

@@ -1,0 +1,152 @@
+"""Turning a validated upload into an index job: chunk, plan batches, queue them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+
+from api import metrics
+from api.pipeline import CachePolicy, check_provider, known_dimensions, pick_queue
+from api.services import Services
+from api.uploads import Upload
+from common import chunking, logs
+from common.cache import entry_keys
+from common.errors import InsufficientStorage, InvalidRequest
+from common.queueing import INDEX_BATCH_TASK
+from common.registry import ModelSpec
+from common.schemas import EmbedOptions, IndexBatchTask
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One text to embed in a job, and where it came from."""
+
+    text: str
+    tokens: int
+    index: int
+    start: int
+    end: int
+
+
+@dataclass
+class _Batch:
+    texts: list[str] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    plan: list[list[object]] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+    docs: int = 0
+
+
+def check_room(client: redis.Redis, max_fill: float) -> None:
+    """Refuse new work while Redis is nearly full, rather than lose accepted work later."""
+    memory = client.info("memory")
+    limit = int(memory.get("maxmemory", 0))
+    if limit and int(memory["used_memory"]) > max_fill * limit:
+        raise InsufficientStorage(
+            f"Redis is {int(memory['used_memory']) / limit:.0%} full (limit {max_fill:.0%}): "
+            "download and delete finished jobs' results, or give Redis more memory"
+        )
+
+
+def _limits(spec: ModelSpec, upload: Upload) -> tuple[int, int]:
+    wanted = upload.options.chunking
+    max_tokens = wanted.max_tokens or spec.max_tokens
+    if max_tokens > spec.max_tokens:
+        raise InvalidRequest(
+            f"chunking.max_tokens: {spec.name} takes at most {spec.max_tokens} tokens",
+            param="chunking.max_tokens",
+        )
+    if wanted.overlap_tokens >= max_tokens // 2:
+        raise InvalidRequest(
+            "chunking.overlap_tokens: must be less than half of max_tokens",
+            param="chunking.overlap_tokens",
+        )
+    return max_tokens, wanted.overlap_tokens
+
+
+class Planner:
+    """Groups whole documents into batches of about INDEX_BATCH_CHUNKS chunks and queues them."""
+
+    def __init__(
+        self, svc: Services, spec: ModelSpec, job_id: str, queue: str, policy: CachePolicy,
+        options: EmbedOptions,
+    ) -> None:  # fmt: skip
+        self.svc, self.spec, self.job_id, self.queue = svc, spec, job_id, queue
+        self.policy, self.options = policy, options
+        self.generations = svc.cache.generations(spec.name)
+        self.number = 0
+        self.batch = _Batch()
+
+    def add(self, doc_id: str, pieces: list[Piece], metadata: dict | None = None) -> None:
+        """One document's pieces (its chunks, or a batch request's inputs), kept together."""
+        for piece in pieces:
+            self.batch.texts.append(piece.text)
+            self.batch.tokens.append(min(piece.tokens, self.spec.max_tokens))
+            self.batch.plan.append([doc_id, piece.index, piece.start, piece.end])
+        if metadata:
+            self.batch.metadata[doc_id] = orjson.dumps(metadata).decode()
+        self.batch.docs += 1
+        if len(self.batch.texts) >= self.svc.settings.INDEX_BATCH_CHUNKS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, _Batch()
+        if not batch.texts:
+            return
+        store = self.svc.index_jobs
+        store.add_batch(self.job_id, self.number, batch.plan, batch.metadata)
+        keys = (
+            entry_keys(self.spec, self.options, batch.texts, self.generations)
+            if self.policy.write
+            else None
+        )
+        task = IndexBatchTask(
+            job_id=self.job_id, batch=self.number, docs=batch.docs, model=self.spec.name,
+            texts=batch.texts, tokens=batch.tokens, options=self.options, cache_keys=keys,
+            cache_read=self.policy.read, cache_ttl_seconds=self.svc.settings.CACHE_TTL_SECONDS,
+        )  # fmt: skip
+        summary = f"index job {self.job_id} batch {self.number}: {len(batch.texts)} chunks"
+        self.svc.celery.send_task(
+            INDEX_BATCH_TASK, args=[task.model_dump()], queue=self.queue,
+            **logs.send_options(summary),
+        )  # fmt: skip
+        self.number += 1
+
+
+def start_job(
+    svc: Services, model: str | None, owner: str, chunking_info: dict[str, int],
+    options: EmbedOptions, policy: CachePolicy,
+) -> Planner:  # fmt: skip
+    """Create the job and a planner that queues its batches; call `finish` after the last."""
+    spec = known_dimensions(svc, svc.registry.get(model))
+    metrics.note_model(spec)
+    check_provider(svc, spec)
+    check_room(svc.redis, svc.settings.REDIS_MAX_FILL_RATIO)
+    queue = pick_queue(svc, spec)
+    job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info)  # type: ignore[arg-type]
+    logs.bind(job_id=job_id)
+    return Planner(svc, spec, job_id, queue, policy, options)
+
+
+def finish(planner: Planner) -> str:
+    planner.flush()
+    planner.svc.index_jobs.submitted(planner.job_id)
+    return planner.job_id
+
+
+def submit(svc: Services, upload: Upload, owner: str, policy: CachePolicy) -> str:
+    spec = svc.registry.get(upload.options.model)
+    max_tokens, overlap = _limits(spec, upload)
+    options = EmbedOptions(normalize=upload.options.normalize)
+    chunking_info = {"max_tokens": max_tokens, "overlap_tokens": overlap}
+    planner = start_job(svc, spec.name, owner, chunking_info, options, policy)
+    svc.index_jobs.add_rejected(planner.job_id, upload.rejected)
+    tokenizer = spec.tokenizer_file()
+    for doc in upload.documents():
+        chunks = chunking.split(tokenizer, doc.text, max_tokens, overlap)
+        pieces = [Piece(doc.text[c.start : c.end], c.tokens, c.index, c.start, c.end)
+                  for c in chunks]  # fmt: skip
+        planner.add(str(doc.id), pieces, doc.metadata)
+    return finish(planner)

@@ -1,0 +1,122 @@
+"""Reading an index job's documents: a JSON body, an NDJSON stream or a multipart file.
+
+Documents are validated one by one and the good ones spooled to a temporary file
+(memory up to SPOOL_MEMORY_BYTES, then disk), so an upload of any size is never held
+whole in memory, and a refused upload (on_error=fail) queues nothing.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import IO
+
+import orjson
+from flask import request
+from pydantic import ValidationError
+from werkzeug.exceptions import UnsupportedMediaType
+
+from api.body import json_body
+from common.errors import InvalidRequest
+from common.schemas import Document, IndexJobOptions, first_error
+
+SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
+NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/json-lines"}
+LISTED_ERRORS = 20
+
+
+@dataclass
+class Upload:
+    options: IndexJobOptions
+    spool: IO[bytes]
+    valid: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+
+    def documents(self) -> Iterator[Document]:
+        self.spool.seek(0)
+        for line in self.spool:
+            yield Document.model_construct(**orjson.loads(line))
+
+
+def _options(source: dict[str, object], strict: bool) -> IndexJobOptions:
+    flat = {k: v for k, v in source.items() if v not in (None, "")}
+    if not strict:  # query string or form fields: chunking options come flat
+        chunking = {k: flat.pop(k) for k in ("max_tokens", "overlap_tokens") if k in flat}
+        flat["chunking"] = chunking
+    try:
+        return IndexJobOptions.model_validate(flat, strict=strict)
+    except ValidationError as error:
+        param, message = first_error(error)
+        raise InvalidRequest(f"{param}: {message}", param=param) from None
+
+
+def _lines(stream: Iterable[bytes]) -> Iterator[tuple[str, object]]:
+    for number, raw in enumerate(stream, 1):
+        if not raw.strip():
+            continue
+        try:
+            yield f"line {number}", orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            yield f"line {number}", InvalidRequest(f"malformed JSON: {error}")
+
+
+def _sources() -> tuple[IndexJobOptions, Iterable[tuple[str, object]]]:
+    mimetype = request.mimetype
+    if mimetype == "application/json":
+        body = json_body()
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object", param="body")
+        documents = body.pop("documents", None)
+        if not isinstance(documents, list) or not documents:
+            raise InvalidRequest("documents: a non-empty list is required", param="documents")
+        options = _options(body, strict=True)
+        return options, ((f"documents[{i}]", doc) for i, doc in enumerate(documents))
+    if mimetype in NDJSON_TYPES:
+        return _options(dict(request.args), strict=False), _lines(request.stream)
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise InvalidRequest("send the JSONL documents in a form field named file", "file")
+        options = _options({**request.args, **request.form}, strict=False)
+        return options, _lines(upload.stream)
+    raise UnsupportedMediaType(
+        "send application/json, application/x-ndjson, or multipart/form-data with a file"
+    )
+
+
+def read_upload(max_bytes: int) -> Upload:
+    """Validate every document; refuse the upload, or list the bad ones (on_error=skip)."""
+    request.max_content_length = max_bytes
+    options, items = _sources()
+    upload = Upload(options, tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES))  # noqa: SIM115 (the caller closes it)
+    errors: list[str] = []
+    for where, item in items:
+        try:
+            if isinstance(item, InvalidRequest):
+                raise item
+            doc = Document.model_validate(item, strict=True)
+        except (ValidationError, InvalidRequest) as error:
+            if isinstance(error, ValidationError):
+                param, message = first_error(error, prefix=where)
+            else:
+                param, message = where, error.message
+            errors.append(f"{param}: {message}")
+            doc_id = item.get("id") if isinstance(item, dict) else None
+            upload.rejected[str(doc_id) if isinstance(doc_id, str | int) else where] = message
+            continue
+        upload.spool.write(orjson.dumps({"id": str(doc.id), "text": doc.text,
+                                         "metadata": doc.metadata}) + b"\n")  # fmt: skip
+        upload.valid += 1
+    if errors and options.on_error == "fail":
+        shown = "; ".join(errors[:LISTED_ERRORS])
+        more = f" (and {len(errors) - LISTED_ERRORS} more)" if len(errors) > LISTED_ERRORS else ""
+        first_param = errors[0].split(":", 1)[0]
+        raise InvalidRequest(
+            f"{len(errors)} bad document(s), nothing was queued: {shown}{more}. "
+            "Send on_error=skip to run the good ones.",
+            param=first_param,
+        )
+    if not upload.valid:
+        raise InvalidRequest("no valid documents in the upload", param="documents")
+    return upload

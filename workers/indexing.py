@@ -1,0 +1,47 @@
+"""The bulk-indexing task: one batch of whole documents, stored exactly once."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from common.errors import ServiceError
+from common.queueing import INDEX_BATCH_TASK
+from common.schemas import IndexBatchTask
+from common.vectors import pack
+from workers import metrics, runtime
+from workers.tasks import compute
+
+log = logging.getLogger(__name__)
+
+
+def index_batch(payload: dict[str, object]) -> None:
+    """Embed a batch through the same cache and batcher as every request, then store it.
+
+    A redelivered batch (the worker died before the ack) is computed again and
+    overwrites its own result; a batch of a cancelled or finished job is skipped.
+    """
+    task = IndexBatchTask.model_validate(payload)
+    jobs = runtime.current().index_jobs
+    status = jobs.begin(task.job_id)
+    if status is None or status.terminal:
+        log.info("index job %s is %s: batch %d skipped", task.job_id, status, task.batch)
+        return
+    try:
+        matrix = compute(task)
+    except Exception as error:  # a failed batch fails its documents, not the worker
+        if not isinstance(error, ServiceError):
+            log.exception("index job %s batch %d failed", task.job_id, task.batch)
+        reason = error.message if isinstance(error, ServiceError) else type(error).__name__
+        metrics.task_failed(
+            task.model, error.type if isinstance(error, ServiceError) else "internal_error"
+        )
+        doc_ids = list(dict.fromkeys(str(row[0]) for row in jobs.plan(task.job_id, task.batch)))
+        jobs.fail_batch(task.job_id, task.batch, reason, doc_ids)
+        return
+    jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
+
+
+def register(app: Celery) -> None:
+    app.task(name=INDEX_BATCH_TASK, ignore_result=True)(index_batch)
