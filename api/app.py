@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import errors, metrics, request_context
+from api import auth, errors, metrics, request_context
 from api.fronts import batches, ollama, openai
 from api.routes import cache, docs, embeddings, health, index_jobs, jobs, models, probes
 from api.services import Services
@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.MAX_REQUEST_BYTES
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["embeddings"] = Services.build(settings)
+    auth.init_app(app)
     errors.register(app)
     for blueprint in (embeddings.bp, jobs.bp, index_jobs.bp, models.bp, cache.bp, health.bp):
         app.register_blueprint(blueprint)

@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.PayloadTooLarge: 413,
+    errors.Unauthorized: 401,
+    errors.TooManyRequests: 429,
     errors.InvalidRequest: 400,
     errors.NotFound: 404,
     errors.Conflict: 409,
@@ -58,11 +60,11 @@ def _service_error(error: errors.ServiceError) -> Response:
     payload: dict[str, object] = dict(error.to_dict())
     if isinstance(error, errors.Timeout):
         payload |= {"job_id": error.job_id, "status_url": f"/api/v1/jobs/{error.job_id}"}
-    headers = None
+    headers = dict(error.headers or {})
     if isinstance(error, errors.ProviderError):
         payload["provider"] = error.provider
         if error.retry_after:
-            headers = {"Retry-After": str(max(1, round(error.retry_after)))}
+            headers["Retry-After"] = str(max(1, round(error.retry_after)))
     return error_response(status_of(error), payload, headers)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -21,10 +20,12 @@ except SettingsError as _error:
 _metrics_dir = multiproc.ensure_dir()
 
 bind = f"{_settings.HOST}:{_settings.PORT}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+workers = _settings.WEB_CONCURRENCY
 # Sync requests wait on Redis, not the CPU: threads let one process hold many of them.
+# Beyond its share of MAX_CONCURRENT_REQUESTS a process answers 429 (api/auth.py); the
+# spare threads keep polls, probes and cache hits answering meanwhile.
 worker_class = "gthread"
-threads = max(4, _settings.MAX_CONCURRENT_REQUESTS // workers)
+threads = _settings.sync_slots_per_process() + 16
 timeout = int(_settings.REQUEST_TIMEOUT_SECONDS) + 30
 graceful_timeout = 30
 keepalive = 5

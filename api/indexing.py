@@ -8,7 +8,7 @@ import orjson
 import redis
 
 from api import metrics
-from api.pipeline import CachePolicy, check_provider, known_dimensions, pick_queue
+from api.pipeline import CachePolicy, check_provider, check_queue, known_dimensions, pick_queue
 from api.services import Services
 from api.uploads import Upload
 from common import chunking, logs
@@ -125,6 +125,7 @@ def start_job(
     check_provider(svc, spec)
     check_room(svc.redis, svc.settings.REDIS_MAX_FILL_RATIO)
     queue = pick_queue(svc, spec)
+    check_queue(svc, queue)
     job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info)  # type: ignore[arg-type]
     logs.bind(job_id=job_id)
     return Planner(svc, spec, job_id, queue, policy, options)

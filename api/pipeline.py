@@ -3,11 +3,13 @@ queue the misses for a worker, wait, and assemble the vectors in input order."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
+from flask import request
 
-from api import metrics
+from api import auth, metrics
 from api.services import Services
 from common import errors, logs, providers
 from common.jobs import Job, JobStatus
@@ -16,6 +18,8 @@ from common.registry import ModelSpec, Provider
 from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
 from common.tokenization import token_lengths
 from common.vectors import unpack_row
+
+DEADLINE_HEADER = "X-Request-Timeout"
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,44 @@ def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def submit(svc: Services, prep: Prepared, policy: CachePolicy) -> str:
+def check_queue(svc: Services, queue: str) -> None:
+    """Refuse new work at once while the queue is deeper than MAX_QUEUE_DEPTH."""
+    depth = int(svc.redis.llen(queue))
+    if depth > svc.settings.MAX_QUEUE_DEPTH:
+        raise errors.QueueFull(
+            f"the {queue!r} queue holds {depth} waiting tasks (limit "
+            f"{svc.settings.MAX_QUEUE_DEPTH}); retry later or add workers",
+            retry_after=5,
+        )
+
+
+def client_deadline() -> float | None:
+    """X-Request-Timeout: seconds the client will wait; work still queued then is dropped."""
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds <= 3600:
+        raise errors.InvalidRequest(
+            f"{DEADLINE_HEADER}: seconds, more than 0 and at most 3600", DEADLINE_HEADER
+        )
+    return time.time() + seconds
+
+
+def submit(
+    svc: Services, prep: Prepared, policy: CachePolicy, deadline: float | None = None
+) -> str:
     """Record the job, then send the task by name (the API never imports workers)."""
     check_provider(svc, prep.spec)
     queue = pick_queue(svc, prep.spec)
+    check_queue(svc, queue)
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
-    job_id = svc.jobs.create(prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options)
+    job_id = svc.jobs.create(
+        prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
+    )
     keys = svc.cache.keys_for(prep.spec, prep.options, prep.texts) if policy.write else None
     task = EmbedTask(
         job_id=job_id,
@@ -140,6 +176,7 @@ def submit(svc: Services, prep: Prepared, policy: CachePolicy) -> str:
         cache_keys=keys,
         cache_read=policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
+        deadline=deadline,
     )
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
@@ -178,7 +215,12 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
         keys, hits = None, 0
     # The worker reads the cache again, counts it, and embeds only the misses: the job
     # then holds the whole answer, even when this wait times out and the client polls.
-    job = svc.jobs.wait(submit(svc, prep, policy), svc.settings.REQUEST_TIMEOUT_SECONDS)
+    deadline = client_deadline()
+    wait = svc.settings.REQUEST_TIMEOUT_SECONDS
+    if deadline is not None:
+        wait = min(wait, deadline - time.time())
+    with auth.sync_slot():
+        job = svc.jobs.wait(submit(svc, prep, policy, deadline), wait)
     matrix = finished(svc, job)
     if keys is not None and policy.write:
         svc.cache.remember(keys, [row.tobytes() for row in matrix])

@@ -88,3 +88,44 @@ def jobs(limit: int, url: str, api_key: str | None) -> None:
             f"{job['id']}  {job['status']:<10} {job['model']:<20} "
             f"{docs['done']}/{docs['total']} docs  {job['created_at']}"
         )
+
+
+@main.group()
+def keys() -> None:
+    """API keys (talks to Redis at REDIS_URL directly: run it where the service runs)."""
+
+
+def _key_store():  # type: ignore[no-untyped-def]
+    from common.api_keys import KeyStore
+    from common.redis_client import connect
+    from common.settings import SettingsError, load_settings
+
+    try:
+        return KeyStore(connect(load_settings().REDIS_URL))
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+def keys_create(name: str) -> None:
+    """Create a key. Its text is printed once; only its hash is stored."""
+    key, text = _key_store().create(name)
+    click.echo(text)
+    click.echo(f"created key {key.id} ({name}); auth is now on for every caller", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """List keys (ids and names; never the keys themselves)."""
+    for key in _key_store().list():
+        click.echo(f"{key.id}  {key.name}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by id: its calls fail from now on."""
+    if not _key_store().revoke(key_id):
+        raise click.ClickException(f"no key {key_id!r}")
+    click.echo(f"revoked {key_id}", err=True)

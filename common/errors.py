@@ -7,6 +7,8 @@ class ServiceError(Exception):
     """An error with a message fit for the client; `type` names its kind on the wire."""
 
     type = "internal_error"
+    headers: dict[str, str] | None = None
+    """Extra response headers (Retry-After, X-RateLimit-*)."""
 
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -23,6 +25,20 @@ class InvalidRequest(ServiceError):
 
 class PayloadTooLarge(InvalidRequest):
     type = "payload_too_large"
+
+
+class Unauthorized(ServiceError):
+    type = "authentication_error"
+
+
+class TooManyRequests(ServiceError):
+    """Over the caller's rate limit, or this API instance is at its concurrency limit."""
+
+    type = "rate_limit_exceeded"
+
+    def __init__(self, message: str, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.headers = headers
 
 
 class NotFound(ServiceError):
@@ -51,6 +67,16 @@ class Conflict(ServiceError):
 
 class Unavailable(ServiceError):
     type = "service_unavailable"
+
+
+class QueueFull(Unavailable):
+    """The model's queue is deeper than MAX_QUEUE_DEPTH: refused now, not piled up."""
+
+    type = "queue_full"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class InsufficientStorage(Unavailable):

@@ -90,7 +90,7 @@ def _float(raw: bytes | None) -> float | None:
 class JobStore:
     _FIELDS = (
         "status", "model", "queue", "count", "options", "created_at", "started_at",
-        "finished_at", "dimensions", "prompt_tokens", "error",
+        "finished_at", "dimensions", "prompt_tokens", "error", "owner",
     )  # fmt: skip
 
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
@@ -99,11 +99,13 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
 
     def create(
-        self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object]
-    ) -> str:
+        self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object],
+        owner: str,
+    ) -> str:  # fmt: skip
         job_id = new_job_id()
         mapping = {
             "status": JobStatus.QUEUED.value,
+            "owner": owner,
             "model": model,
             "queue": queue,
             "count": count,
@@ -119,9 +121,10 @@ class JobStore:
             pipe.execute()
         return job_id
 
-    def get(self, job_id: str) -> Job:
+    def get(self, job_id: str, owner: str | None = None) -> Job:
+        """The job; JobNotFound when unknown, expired, or (with `owner`) someone else's."""
         raw = dict(zip(self._FIELDS, self.redis.hmget(keys.job(job_id), self._FIELDS), strict=True))
-        if raw["status"] is None:
+        if raw["status"] is None or (owner is not None and raw["owner"] != owner.encode()):
             raise JobNotFound(job_id)
         return Job(
             id=job_id,

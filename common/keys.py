@@ -101,3 +101,12 @@ def openai_batch_requests(batch_id: str) -> str:
 def openai_batches_of(owner: str) -> str:
     """Sorted set: an owner's batch ids by creation time."""
     return f"{PREFIX}:oa:batches:{owner}"
+
+
+API_KEYS = f"{PREFIX}:apikeys"
+"""Hash: key id -> JSON {id, name, created_at, hash} (the SHA-256 of the secret)."""
+
+
+def rate_bucket(caller: str) -> str:
+    """Hash: a caller's token bucket (tokens, at)."""
+    return f"{PREFIX}:ratelimit:{caller}"

@@ -34,6 +34,9 @@ class EmbedTask(BaseModel):
     )
     cache_read: bool = True
     cache_ttl_seconds: int = 3600
+    deadline: float | None = Field(
+        default=None, description="Epoch seconds after which the client no longer waits."
+    )
 
 
 class EmbeddingRequest(BaseModel):

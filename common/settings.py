@@ -69,7 +69,12 @@ class Settings(BaseSettings):
     ] = 30.0
 
     # Performance
-    MAX_CONCURRENT_REQUESTS: Annotated[int, Field(ge=1)] = 100
+    MAX_CONCURRENT_REQUESTS: Annotated[
+        int, Field(ge=1, description="Sync calls waiting per API instance; past it: 429.")
+    ] = 100
+    WEB_CONCURRENCY: Annotated[
+        int, Field(ge=1, le=64, description="gunicorn worker processes of the API.")
+    ] = 2
     REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 60.0
     BATCH_SIZE: Annotated[int, Field(ge=1, le=4096)] = 32
     BATCH_WAIT_MS: Annotated[float, Field(ge=0, le=1000)] = 2.0
@@ -92,9 +97,21 @@ class Settings(BaseSettings):
     BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[int, Field(ge=1)] = 1800
     REDIS_MAX_FILL_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9
 
-    # Rate limiting
-    RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[int, Field(ge=1)] = 1000
-    RATE_LIMIT_BURST: Annotated[int, Field(ge=1)] = 100
+    # Rate limiting, authentication and backpressure
+    RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[
+        int, Field(ge=1, description="Refill of each caller's token bucket.")
+    ] = 1000
+    RATE_LIMIT_BURST: Annotated[int, Field(ge=1, description="Size of the bucket.")] = 100
+    AUTH_REQUIRED: Annotated[
+        bool, Field(description="Refuse calls without a key even while no key exists.")
+    ] = False
+    MAX_QUEUE_DEPTH: Annotated[
+        int, Field(ge=1, description="Messages waiting on a queue past which new work gets 503.")
+    ] = 10_000
+
+    def sync_slots_per_process(self) -> int:
+        """MAX_CONCURRENT_REQUESTS shared among the API's gunicorn worker processes."""
+        return max(1, self.MAX_CONCURRENT_REQUESTS // self.WEB_CONCURRENCY)
 
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod

@@ -26,8 +26,14 @@ MODEL = "all-MiniLM-L6-v2"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 
+GENEROUS_LIMITS = {"RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000", "RATE_LIMIT_BURST": "100000"}
+"""Every in-process test client is 127.0.0.1: one rate-limit bucket for the whole suite.
+Tests of the limit itself use their own settings."""
+
+
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ, REDIS_URL=redis_url, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(GENEROUS_LIMITS)
     env.update(extra)
     return env
 
@@ -44,7 +50,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(redis_url: str) -> Settings:
-    return load_settings(REDIS_URL=redis_url, GPU_ENABLED=False)
+    return load_settings(REDIS_URL=redis_url, GPU_ENABLED=False, **GENEROUS_LIMITS)
 
 
 def start_worker(
@@ -105,9 +111,11 @@ def worker_metrics_port() -> int:
 def worker(redis_url: str, worker_log: Path, worker_metrics_port: int) -> Iterator[None]:
     """One worker for the session, on the cpu and gpu queues, with the real model."""
     process = start_worker(redis_url, worker_log, WORKER_METRICS_PORT=str(worker_metrics_port))
-    wait_for_worker(redis_url, process, worker_log, "test")
-    yield
-    stop(process)
+    try:
+        wait_for_worker(redis_url, process, worker_log, "test")
+        yield
+    finally:
+        stop(process)
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +165,7 @@ def live_api(redis_url: str, worker: None, api_log: Path) -> Iterator[str]:
         except requests.RequestException:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
+            stop(process)
             pytest.fail(f"API did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.2)
     yield url

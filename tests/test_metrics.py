@@ -111,7 +111,7 @@ def test_jobs_by_state_follow_the_transitions(live_api: str, redis_url: str) -> 
         )
 
     queued, running, cancelled = jobs()
-    job_id = store.create(MODEL, "nowhere", 1, 1, {})  # a queue no worker reads
+    job_id = store.create(MODEL, "nowhere", 1, 1, {}, "public")  # a queue no worker reads
     assert jobs() == (queued + 1, running, cancelled)
     store.start(job_id)
     assert jobs() == (queued, running + 1, cancelled)

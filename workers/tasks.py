@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 from celery import Celery
@@ -55,6 +56,10 @@ def embed(payload: dict[str, object]) -> None:
     """
     task = EmbedTask.model_validate(payload)
     rt = runtime.current()
+    if task.deadline is not None and time.time() > task.deadline:
+        rt.jobs.fail(task.job_id, "deadline_exceeded", "the client's deadline passed first")
+        log.info("job %s dropped: its deadline passed while queued", task.job_id)
+        return
     if not rt.jobs.start(task.job_id):
         log.info("job %s is finished, cancelled or expired: skipped", task.job_id)
         return

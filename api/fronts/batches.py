@@ -16,6 +16,7 @@ from flask import Blueprint, Response, request
 from pydantic import ValidationError
 
 from api import indexing
+from api.auth import owner
 from api.body import json_body
 from api.fronts.batch_store import BatchStore, FileStore, new_batch_id
 from api.fronts.openai import native_body, use_openai_errors
@@ -29,8 +30,6 @@ from common.tokenization import token_lengths
 from common.vectors import normalize, to_base64, unpack
 
 ENDPOINT = "/v1/embeddings"
-OWNER = "public"
-"""Until API keys exist every file and batch belongs to the same owner."""
 MAX_REPORTED_ERRORS = 100
 
 bp = Blueprint("openai_batches", __name__)
@@ -56,23 +55,23 @@ def create_file() -> Response:
     if purpose != "batch":
         raise errors.InvalidRequest("purpose: only 'batch' files are accepted here", "purpose")
     files, _ = _stores(svc)
-    return json_response(files.create(upload.read(), upload.filename or "file", purpose, OWNER))
+    return json_response(files.create(upload.read(), upload.filename or "file", purpose, owner()))
 
 
 @bp.get("/v1/files/<file_id>")
 def get_file(file_id: str) -> Response:
-    return json_response(_stores(services())[0].meta(file_id, OWNER))
+    return json_response(_stores(services())[0].meta(file_id, owner()))
 
 
 @bp.get("/v1/files/<file_id>/content")
 def get_file_content(file_id: str) -> Response:
-    content = _stores(services())[0].content(file_id, OWNER)
+    content = _stores(services())[0].content(file_id, owner())
     return Response(content, mimetype="application/jsonl")
 
 
 @bp.delete("/v1/files/<file_id>")
 def delete_file(file_id: str) -> Response:
-    _stores(services())[0].delete(file_id, OWNER)
+    _stores(services())[0].delete(file_id, owner())
     return json_response({"id": file_id, "object": "file", "deleted": True})
 
 
@@ -152,7 +151,7 @@ def _check_create(body: object) -> dict[str, object]:
 def _start(svc: Services, batch: dict, requests: dict[str, EmbeddingRequest]) -> None:
     """Queue the requests as an index job: one document per request, one piece per input."""
     model = next(iter(requests.values())).model
-    planner = indexing.start_job(svc, model, OWNER, {}, EmbedOptions(), CachePolicy())
+    planner = indexing.start_job(svc, model, owner(), {}, EmbedOptions(), CachePolicy())
     tokenizer = planner.spec.tokenizer_file()
     details: dict[str, bytes] = {}
     for custom_id, req in requests.items():
@@ -176,7 +175,7 @@ def create_batch() -> Response:
     svc = services()
     body = _check_create(json_body())
     files, batches = _stores(svc)
-    content = files.content(str(body["input_file_id"]), OWNER)
+    content = files.content(str(body["input_file_id"]), owner())
     batch = _new_batch(body)
     requests, problems = _validate(svc, content)
     if problems:
@@ -184,7 +183,7 @@ def create_batch() -> Response:
                   "errors": {"object": "list", "data": problems}}  # fmt: skip
     else:
         _start(svc, batch, requests)
-    batches.save(batch, OWNER)
+    batches.save(batch, owner())
     return json_response(_public(batch))
 
 
@@ -230,9 +229,9 @@ def _finalize(svc: Services, batch: dict) -> None:
     )
     if output.tell():
         batch["output_file_id"] = files.create(output.getvalue(), "output.jsonl",
-                                               "batch_output", OWNER)["id"]  # fmt: skip
+                                               "batch_output", owner())["id"]  # fmt: skip
     if failed:
-        batch["error_file_id"] = files.create(failed, "errors.jsonl", "batch_output", OWNER)["id"]
+        batch["error_file_id"] = files.create(failed, "errors.jsonl", "batch_output", owner())["id"]
 
 
 def _refresh(svc: Services, batch: dict) -> dict:
@@ -256,25 +255,25 @@ def _refresh(svc: Services, batch: dict) -> dict:
         batch |= {"status": "cancelled", "cancelled_at": now}
     else:
         batch |= {"status": "completed", "completed_at": now}
-    batches.save(batch, OWNER)
+    batches.save(batch, owner())
     return batch
 
 
 @bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
     svc = services()
-    return json_response(_public(_refresh(svc, _stores(svc)[1].get(batch_id, OWNER))))
+    return json_response(_public(_refresh(svc, _stores(svc)[1].get(batch_id, owner()))))
 
 
 @bp.post("/v1/batches/<batch_id>/cancel")
 def cancel_batch(batch_id: str) -> Response:
     svc = services()
     _, batches = _stores(svc)
-    batch = batches.get(batch_id, OWNER)
+    batch = batches.get(batch_id, owner())
     if batch["status"] in ("validating", "in_progress"):
         svc.index_jobs.cancel(batch["job_id"])
         batch |= {"status": "cancelling", "cancelling_at": int(time.time())}
-        batches.save(batch, OWNER)
+        batches.save(batch, owner())
     return json_response(_public(_refresh(svc, batch)))
 
 
@@ -285,8 +284,8 @@ def list_batches() -> Response:
     raw_limit = request.args.get("limit", "20")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
         raise errors.InvalidRequest("limit: an integer from 1 to 100", "limit")
-    ids, more = batches.list(OWNER, int(raw_limit), request.args.get("after"))
-    data = [_public(_refresh(svc, batches.get(i, OWNER))) for i in ids]
+    ids, more = batches.list(owner(), int(raw_limit), request.args.get("after"))
+    data = [_public(_refresh(svc, batches.get(i, owner()))) for i in ids]
     return json_response({
         "object": "list", "data": data, "has_more": more,
         "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None,

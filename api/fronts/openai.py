@@ -28,17 +28,20 @@ bp = Blueprint("openai", __name__)
 CREATED = int(time.time())
 
 
-def openai_error(status: int, message: str, code: str | None, param: str | None) -> Response:
+def openai_error(
+    status: int, message: str, code: str | None, param: str | None,
+    headers: dict[str, str] | None = None,
+) -> Response:  # fmt: skip
     """{"error": {"message", "type", "param", "code"}}; the SDK maps the status to a class."""
     kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
     error_type = kind.get(status, "invalid_request_error" if status < 500 else "server_error")
     payload = {"message": message, "type": error_type, "param": param, "code": code}
-    return error_response(status, payload)
+    return error_response(status, payload, headers)
 
 
 def _service_error(error: errors.ServiceError) -> Response:
     code = error.kind if isinstance(error, errors.JobFailed) else error.type
-    return openai_error(status_of(error), error.message, code, error.param)
+    return openai_error(status_of(error), error.message, code, error.param, error.headers)
 
 
 def _http_error(error: HTTPException) -> Response:

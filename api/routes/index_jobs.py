@@ -8,6 +8,7 @@ import time
 from flask import Blueprint, Response, request, send_file, url_for
 
 from api import indexing, results
+from api.auth import owner
 from api.pipeline import CachePolicy
 from api.render import iso, json_response
 from api.services import services
@@ -16,9 +17,6 @@ from common.errors import InvalidRequest
 from common.index_jobs import IndexJob
 
 bp = Blueprint("index_jobs", __name__)
-
-OWNER = "public"
-"""Until API keys exist every job belongs to the same owner."""
 
 
 def _urls(job_id: str) -> dict[str, str]:
@@ -61,7 +59,7 @@ def create_index_job() -> Response:
     upload = read_upload(svc.settings.MAX_UPLOAD_BYTES)
     with upload.spool:
         policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
-        job_id = indexing.submit(svc, upload, OWNER, policy)
+        job_id = indexing.submit(svc, upload, owner(), policy)
     body = {"id": job_id, "status": "queued", "documents": upload.valid,
             "rejected": len(upload.rejected), **_urls(job_id)}  # fmt: skip
     return json_response(body, 202, headers={"Location": body["status_url"]})
@@ -70,7 +68,7 @@ def create_index_job() -> Response:
 @bp.get("/api/v1/index-jobs/<job_id>")
 def get_index_job(job_id: str) -> Response:
     svc = services()
-    job = svc.index_jobs.get(job_id, OWNER)
+    job = svc.index_jobs.get(job_id, owner())
     body = _progress(job) | {"failures": svc.index_jobs.failures(job_id)}
     return json_response(body)
 
@@ -79,7 +77,7 @@ def get_index_job(job_id: str) -> Response:
 def cancel_index_job(job_id: str) -> Response:
     """No new batches start; what is done stays downloadable."""
     svc = services()
-    svc.index_jobs.get(job_id, OWNER)
+    svc.index_jobs.get(job_id, owner())
     svc.index_jobs.cancel(job_id)
     return get_index_job(job_id)
 
@@ -107,7 +105,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 def list_index_jobs() -> Response:
     svc = services()
     limit = _int_arg("limit", 20, 1, 100)
-    jobs = svc.index_jobs.list_for(OWNER, limit, _cursor(request.args.get("cursor")))
+    jobs = svc.index_jobs.list_for(owner(), limit, _cursor(request.args.get("cursor")))
     token = None
     if len(jobs) == limit:
         last = jobs[-1]
@@ -143,7 +141,7 @@ def get_results(job_id: str) -> Response:
     """
     svc = services()
     store = svc.index_jobs
-    job = store.get(job_id, OWNER)
+    job = store.get(job_id, owner())
     fmt = request.args.get("format", "ndjson")
     if fmt not in ("ndjson", "npy", "npz"):
         raise InvalidRequest("format: ndjson, npy or npz", param="format")

@@ -1,0 +1,67 @@
+"""A token bucket per caller in Redis, so one limit holds across every API process.
+
+The bucket holds up to `burst` requests and refills at `per_minute / 60` a second; a
+request takes one token or is refused with the time until one is back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import redis
+
+# KEYS: bucket hash. ARGV: now (s), refill per second, capacity, ttl (s).
+# Returns {allowed 0/1, tokens left (x1000), seconds until the next token (x1000)}.
+_TAKE = """
+local now, rate, capacity = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or capacity
+local at = tonumber(state[2]) or now
+tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
+local allowed = 0
+if tokens >= 1 then tokens = tokens - 1; allowed = 1 end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'at', now)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local wait = 0
+if tokens < 1 then wait = (1 - tokens) / rate end
+return {allowed, math.floor(tokens * 1000), math.ceil(wait * 1000)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    retry_after: int
+    """Seconds until a request would be allowed (0 when one is now)."""
+    reset: int
+    """Seconds until the bucket is full again."""
+
+    def headers(self) -> dict[str, str]:
+        out = {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
+               "X-RateLimit-Reset": str(self.reset)}  # fmt: skip
+        if not self.allowed:
+            out["Retry-After"] = str(self.retry_after)
+        return out
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis, per_minute: int, burst: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self.ttl = max(60, math.ceil(burst / self.rate) + 1)
+        self._take = client.register_script(_TAKE)
+
+    def take(self, bucket: str) -> Decision:
+        allowed, left, wait = self._take(
+            keys=[bucket], args=[repr(time.time()), self.rate, self.burst, self.ttl]
+        )
+        remaining = int(left) // 1000
+        return Decision(
+            allowed=bool(allowed), limit=self.burst, remaining=remaining,
+            retry_after=max(1, math.ceil(int(wait) / 1000)) if not allowed else 0,
+            reset=math.ceil((self.burst - int(left) / 1000) / self.rate),
+        )  # fmt: skip
