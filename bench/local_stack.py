@@ -97,6 +97,9 @@ class LocalService:
             REDIS_URL=self.redis.url,
             HF_HUB_OFFLINE="1",
             PYTHONUNBUFFERED="1",
+            # Every request still passes the limiter; none is refused: all come from 127.0.0.1.
+            RATE_LIMIT_REQUESTS_PER_MINUTE=str(10**9),
+            RATE_LIMIT_BURST=str(10**9),
         )
         self.api = self._spawn(
             "api", ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"], env

@@ -24,6 +24,7 @@ import torch
 
 import http_load
 import raw_encode
+from http_load import Target
 from local_stack import LocalService, wait_healthy
 from machine import children_of, rss_mib
 from report import Figures, bar_lines, bars, table, write_json
@@ -49,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=_positive, default=2, help="runs of each figure")
     parser.add_argument("--url", help="benchmark this running service instead of starting one")
     parser.add_argument("--api-pid", type=int, help="with --url: gunicorn master pid, for RSS")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("EMBEDDINGS_API_KEY"),
+        help="with --url: key to send (default: $EMBEDDINGS_API_KEY)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -66,7 +71,7 @@ def record_rss(figures: Figures, api_pid: int, worker_pid: int | None) -> None:
 
 
 def measure_service(
-    base: str,
+    target: Target,
     work: Workload,
     reference: np.ndarray,
     figures: Figures,
@@ -74,12 +79,12 @@ def measure_service(
 ) -> float:
     """Warm up, check the vectors, then each service figure (and RSS, when the pids are
     known) `work.repeat` times; returns the lowest cosine between service and raw vectors."""
-    http_load.warm_up(base, work.texts)
-    agreement = http_load.min_cosine(base, work.texts[:CHUNK], reference)
+    http_load.warm_up(target, work.texts)
+    agreement = http_load.min_cosine(target, work.texts[:CHUNK], reference)
     print(f"service vs raw vectors, first {CHUNK} texts: lowest cosine {agreement:.6f}")
     for run in range(1, work.repeat + 1):
         print(f"service, repeat {run}/{work.repeat}", flush=True)
-        http_load.measure_round(base, work, figures)
+        http_load.measure_round(target, work, figures)
         if pids:
             record_rss(figures, *pids)
     return agreement
@@ -90,13 +95,13 @@ def run_service(
 ) -> float:
     """Measure the service at --url, or one started here (stopped however this ends)."""
     if args.url:
-        base = args.url.rstrip("/")
-        wait_healthy(base)
+        target = Target(args.url.rstrip("/"), args.api_key)
+        wait_healthy(target.url)
         pids = (args.api_pid, None) if args.api_pid else None
-        return measure_service(base, work, reference, figures, pids)
+        return measure_service(target, work, reference, figures, pids)
     with LocalService() as service:
         print(f"service at {service.url}, redis at {service.redis.url}, logs in {service.dir}")
-        return measure_service(service.url, work, reference, figures, service.pids)
+        return measure_service(Target(service.url), work, reference, figures, service.pids)
 
 
 def header(args: argparse.Namespace, texts: list[str]) -> dict[str, object]:

@@ -10,10 +10,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
 import requests
 
 from cli.redis_server import RedisServer, free_port
+from common.api_keys import KeyStore
 from common.providers import REMOTE, missing_setting
+from common.redis_client import connect
 from common.registry import load_registry
 from common.settings import Settings, SettingsError, load_settings
 
@@ -54,7 +57,8 @@ class Stack:
         return cmds
 
     def start(self) -> None:
-        env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
+                   PYTHONUNBUFFERED="1")  # fmt: skip
         if "REDIS_URL" not in os.environ:
             self.redis = RedisServer(self.run_dir / "redis").start()
             env["REDIS_URL"] = self.redis.url
@@ -73,6 +77,7 @@ class Stack:
             self.children[name] = subprocess.Popen(cmd, env=child_env, cwd=root)
         print(f"api     http://{host}:{self.settings.PORT}  (health: /health, docs: /docs)")
         print(f"metrics http://{host}:{self.settings.PORT}/metrics (api)", *metrics, sep="  ")
+        self._say_auth(env["REDIS_URL"])
         if os.environ.get("FLOWER_BASIC_AUTH"):
             print(f"flower  http://127.0.0.1:{self.flower_port}  (login: FLOWER_BASIC_AUTH)")
         else:
@@ -80,6 +85,17 @@ class Stack:
                 f"flower  http://127.0.0.1:{self.flower_port}  (open, local development only: "
                 "set FLOWER_BASIC_AUTH=user:password to require a login)"
             )
+
+    def _say_auth(self, redis_url: str) -> None:
+        try:
+            keyed = KeyStore(connect(redis_url)).any()
+        except redis.RedisError:
+            keyed = False
+        if keyed or self.settings.AUTH_REQUIRED:
+            print("auth    on: calls need an API key (embeddings keys create --name ...)")
+        else:
+            print("auth    OFF: no API key exists, the API is open to anyone who can reach it "
+                  "(create one with: embeddings keys create --name ...)")  # fmt: skip
 
     def wait_ready(self) -> bool:
         url = f"http://127.0.0.1:{self.settings.PORT}/health"

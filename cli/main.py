@@ -33,6 +33,14 @@ def up(flower_port: int, gpu_worker: bool, run_dir: Path) -> None:
     raise SystemExit(launcher.run(flower_port, gpu_worker, run_dir))
 
 
+@main.command("settings")
+def show_settings() -> None:
+    """Print every setting (environment variable) with its default and meaning."""
+    from common.settings import settings_table
+
+    click.echo(settings_table())
+
+
 @main.command()
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--model", default=None)

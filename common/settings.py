@@ -37,7 +37,9 @@ class Settings(BaseSettings):
 
     # Providers
     OLLAMA_URL: Annotated[str | None, Field(description="Ollama server; unset: off.")] = None
-    OPENAI_API_KEY: Annotated[SecretStr | None, Field(description="OpenAI key.")] = None
+    OPENAI_API_KEY: Annotated[
+        SecretStr | None, Field(description="OpenAI key; never logged or echoed.")
+    ] = None
     DEFAULT_MODEL: Annotated[str, Field(description="Model used when a request names none.")] = (
         "all-MiniLM-L6-v2"
     )
@@ -75,27 +77,59 @@ class Settings(BaseSettings):
     WEB_CONCURRENCY: Annotated[
         int, Field(ge=1, le=64, description="gunicorn worker processes of the API.")
     ] = 2
-    REQUEST_TIMEOUT_SECONDS: Annotated[float, Field(gt=0)] = 60.0
-    BATCH_SIZE: Annotated[int, Field(ge=1, le=4096)] = 32
-    BATCH_WAIT_MS: Annotated[float, Field(ge=0, le=1000)] = 2.0
-    MAX_BATCH_TOKENS: Annotated[int, Field(ge=16)] = 16384
-    CACHE_SIZE: Annotated[int, Field(ge=0)] = 1000
-    MAX_REQUEST_BYTES: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
-    MAX_INPUTS: Annotated[int, Field(ge=1, le=100_000)] = 2048
-    MAX_UPLOAD_BYTES: Annotated[int, Field(ge=1024)] = 8 * 1024**3
-    INDEX_BATCH_CHUNKS: Annotated[int, Field(ge=1, le=4096)] = 64
+    REQUEST_TIMEOUT_SECONDS: Annotated[
+        float, Field(gt=0, description="How long a sync call waits; then 504 with a job id.")
+    ] = 60.0
+    BATCH_SIZE: Annotated[
+        int, Field(ge=1, le=4096, description="Texts per forward pass (local models).")
+    ] = 32
+    BATCH_WAIT_MS: Annotated[
+        float, Field(ge=0, le=1000, description="Longest wait for more requests to batch.")
+    ] = 2.0
+    MAX_BATCH_TOKENS: Annotated[
+        int, Field(ge=16, description="Token budget of one collection and of one padded pass.")
+    ] = 16384
+    CACHE_SIZE: Annotated[
+        int, Field(ge=0, description="Entries of each API process's in-memory LRU; 0: off.")
+    ] = 1000
+    MAX_REQUEST_BYTES: Annotated[
+        int, Field(ge=1024, description="Largest JSON body; past it: 413.")
+    ] = 16 * 1024 * 1024
+    MAX_INPUTS: Annotated[
+        int, Field(ge=1, le=100_000, description="Most texts in one request.")
+    ] = 2048
+    MAX_UPLOAD_BYTES: Annotated[
+        int, Field(ge=1024, description="Largest index-job upload (streamed, never in memory).")
+    ] = 8 * 1024**3
+    INDEX_BATCH_CHUNKS: Annotated[
+        int, Field(ge=1, le=4096, description="Chunks per index-job task (whole documents).")
+    ] = 64
 
     # Models and hardware
-    MODEL_CACHE_DIR: Path = Path.home() / ".cache" / "embeddings-service" / "models"
-    GPU_ENABLED: bool = True
-    GPU_MEMORY_FRACTION: Annotated[float, Field(gt=0, le=1)] = 0.8
+    MODEL_CACHE_DIR: Annotated[Path, Field(description="Where exported ONNX models are kept.")] = (
+        Path.home() / ".cache" / "embeddings-service" / "models"
+    )
+    GPU_ENABLED: Annotated[
+        bool, Field(description="Route local models to the gpu queue when a CUDA worker is up.")
+    ] = True
+    GPU_MEMORY_FRACTION: Annotated[
+        float, Field(gt=0, le=1, description="Share of GPU memory a worker may take.")
+    ] = 0.8
 
     # Redis: broker, job state, results and cache
-    REDIS_URL: str = "redis://localhost:6379/0"
-    CACHE_TTL_SECONDS: Annotated[int, Field(ge=1)] = 3600
-    JOB_TTL_SECONDS: Annotated[int, Field(ge=60)] = 24 * 3600
-    BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[int, Field(ge=1)] = 1800
-    REDIS_MAX_FILL_RATIO: Annotated[float, Field(gt=0, le=1)] = 0.9
+    REDIS_URL: Annotated[
+        str, Field(description="Redis; `dev.py up` starts an embedded one when unset.")
+    ] = "redis://localhost:6379/0"
+    CACHE_TTL_SECONDS: Annotated[int, Field(ge=1, description="Life of a cached vector.")] = 3600
+    JOB_TTL_SECONDS: Annotated[
+        int, Field(ge=60, description="Life of a job, its results, files and batches.")
+    ] = 24 * 3600
+    BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[
+        int, Field(ge=1, description="A dead worker's unacked tasks are redelivered after it.")
+    ] = 1800
+    REDIS_MAX_FILL_RATIO: Annotated[
+        float, Field(gt=0, le=1, description="Past this share of maxmemory new jobs get 507.")
+    ] = 0.9
 
     # Rate limiting, authentication and backpressure
     RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[
@@ -153,3 +187,15 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return load_settings()
+
+
+def settings_table() -> str:
+    """Every setting as a Markdown table row: name, default, meaning (README, `embeddings
+    settings`)."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    home = str(Path.home())
+    for name, field in Settings.model_fields.items():
+        default = "" if field.default is None else str(field.default).replace(home, "~")
+        rows.append(f"| `{name}` | {f'`{default}`' if default else 'unset'} | "
+                    f"{field.description} |")  # fmt: skip
+    return "\n".join(rows)

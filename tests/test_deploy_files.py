@@ -299,7 +299,14 @@ def test_compose_file_matches_the_compose_specification(path: Path) -> None:
 def test_compose_services_and_no_obsolete_version_key() -> None:
     base, gpu = load_yaml(COMPOSE), load_yaml(COMPOSE_GPU)
     assert "version" not in base and "version" not in gpu
-    assert set(base["services"]) == {"api", "worker-cpu", "flower", "redis", "ollama"}
+    assert set(base["services"]) == {
+        "api",
+        "worker-cpu",
+        "worker-remote",
+        "flower",
+        "redis",
+        "ollama",
+    }
     assert set(gpu["services"]) - set(base["services"]) == {"worker-gpu", "ollama-gpu"}
     redis = base["services"]["redis"]
     assert redis["image"] == "redis:7-alpine"

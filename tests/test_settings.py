@@ -83,3 +83,9 @@ def test_processes_refuse_to_start_with_one_clear_line(command: list[str]) -> No
     assert "Traceback" not in done.stderr
     assert len(lines) == 1, done.stderr
     assert "invalid setting PORT='abc'" in lines[0]
+
+
+def test_readme_lists_every_setting() -> None:
+    from common.settings import settings_table
+
+    assert settings_table() in (ROOT / "README.md").read_text()

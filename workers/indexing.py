@@ -11,7 +11,7 @@ from common.queueing import INDEX_BATCH_TASK
 from common.schemas import IndexBatchTask
 from common.vectors import pack
 from workers import metrics, runtime
-from workers.tasks import compute
+from workers.tasks import compute, requeue_on_storage_error
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def index_batch(payload: dict[str, object]) -> None:
         doc_ids = list(dict.fromkeys(str(row[0]) for row in jobs.plan(task.job_id, task.batch)))
         jobs.fail_batch(task.job_id, task.batch, reason, doc_ids)
         return
-    jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
+    with requeue_on_storage_error(task.job_id):
+        jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
 
 
 def register(app: Celery) -> None:

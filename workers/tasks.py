@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
+import redis
 from celery import Celery
+from celery.exceptions import Reject
 
 from common.errors import ServiceError
 from common.queueing import EMBED_TASK
@@ -16,6 +20,21 @@ from common.vectors import normalize, unpack_row
 from workers import metrics, runtime
 
 log = logging.getLogger(__name__)
+
+
+STORAGE_RETRY_SECONDS = 5.0
+
+
+@contextmanager
+def requeue_on_storage_error(job_id: str) -> Iterator[None]:
+    """Results that cannot be stored (Redis down, or full under noeviction) are not lost:
+    the message goes back to the queue, after a pause, and the work is done again later."""
+    try:
+        yield
+    except redis.RedisError as error:
+        log.warning("job %s: storing its result failed (%s); requeued", job_id, error)
+        time.sleep(STORAGE_RETRY_SECONDS)
+        raise Reject(str(error), requeue=True) from error
 
 
 def compute(task: EmbedTask) -> np.ndarray:
@@ -73,7 +92,8 @@ def embed(payload: dict[str, object]) -> None:
         metrics.task_failed(task.model, "internal_error")
         rt.jobs.fail(task.job_id, "internal_error", f"{type(error).__name__}: {error}")
     else:
-        rt.jobs.succeed(task.job_id, matrix)
+        with requeue_on_storage_error(task.job_id):
+            rt.jobs.succeed(task.job_id, matrix)
 
 
 def register(app: Celery) -> None:
