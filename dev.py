@@ -25,6 +25,8 @@ USAGE = """usage: python3 dev.py COMMAND [ARGS...]
   test    install, then run the test suite (pytest ARGS...)
   bench   install, then run the benchmarks in bench/ (ARGS go to bench/run.py)
   lint    ruff check and ruff format --check
+  fuzz    install, then fuzz the API from /openapi.json at length: FUZZ_EXAMPLES cases
+          per operation and kind (default 200), FUZZ_SEED replays a run; ARGS go to pytest
   install only install
 """
 
@@ -53,16 +55,19 @@ def install() -> None:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"up", "test", "bench", "lint", "install"}:
+    if not argv or argv[0] not in {"up", "test", "bench", "lint", "fuzz", "install"}:
         print(USAGE, file=sys.stderr)
         return 2
     command, args = argv[0], argv[1:]
     install()
     env = dict(os.environ, HF_HUB_OFFLINE="1", PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    if command == "fuzz":
+        env.setdefault("FUZZ_EXAMPLES", "200")
     python = str(BIN / "python")
     runs = {
         "up": [[str(BIN / "embeddings"), "up", *args]],
         "test": [[python, "-m", "pytest", *args]],
+        "fuzz": [[python, "-m", "pytest", str(ROOT / "tests" / "test_fuzz.py"), *args]],
         "bench": [[python, str(ROOT / "bench" / "run.py"), *args]],
         "lint": [
             [python, "-m", "ruff", "check", "."],

@@ -16,7 +16,10 @@ from workload import CHUNK, Workload, chunks
 
 HTTP_TIMEOUT_S = 120.0
 JOB_TIMEOUT_S = 600.0
-POLL_INTERVAL_S = 0.01
+POLL_FIRST_S, POLL_MAX_S = 0.01, 0.1
+"""Job polling backs off from the first interval to the longest: prompt, yet no polls
+that take the cores from the model while a long job runs."""
+
 # Compute every text afresh (and store it, as a first sight would): no timed run, and no
 # repeat, may be answered from the service's embedding cache.
 HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
@@ -100,6 +103,7 @@ def sync_throughput(target: Target, texts: list[str], clients: int) -> float:
 
 def _await_job(session: requests.Session, target: Target, status_url: str, count: int) -> None:
     deadline = time.monotonic() + JOB_TIMEOUT_S
+    interval = POLL_FIRST_S
     while time.monotonic() < deadline:
         response = _ok(session.get(f"{target.url}{status_url}", timeout=HTTP_TIMEOUT_S))
         body = orjson.loads(response.content)
@@ -109,7 +113,8 @@ def _await_job(session: requests.Session, target: Target, status_url: str, count
             return
         if body["status"] in ("failed", "cancelled"):
             raise RuntimeError(f"job {body['id']} {body['status']}: {body.get('error')}")
-        time.sleep(POLL_INTERVAL_S)
+        time.sleep(interval)
+        interval = min(2 * interval, POLL_MAX_S)
     raise TimeoutError(f"{status_url} not done in {JOB_TIMEOUT_S:g}s")
 
 

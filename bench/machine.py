@@ -70,4 +70,5 @@ class OthersCpu:
         (t0, busy0, own0), (t1, busy1, own1) = self._start, self._sample()
         capacity = (t1 - t0) * TICKS_PER_S * (os.cpu_count() or 1)
         others = (busy1 - busy0) - (own1 - own0)
-        self.percent = max(0.0, 100 * others / capacity) if capacity else 0.0
+        # Tick accounting in a VM can overshoot over a short window: keep it within 0-100.
+        self.percent = min(100.0, max(0.0, 100 * others / capacity)) if capacity else 0.0

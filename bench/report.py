@@ -210,17 +210,11 @@ def bar_lines(results: list[Bar]) -> list[str]:
 
 
 def write_json(path: Path, config: dict[str, object], figures: Figures, results: list[Bar]) -> None:
+    """Config, every sample, the comparisons and the bars."""
     data = {
         "config": config,
-        "figures": {
-            key: asdict(fig) | {"mean": fig.mean if fig.samples else None}
-            for key, fig in figures.items()
-        },
-        "comparisons": [
-            asdict(row) | {"value": compare(figures, row)}
-            for row in ROWS
-            if row.service in figures and row.raw in figures
-        ],
+        "figures": {key: asdict(fig) | {"mean": fig.mean} for key, fig in figures.items()},
+        "comparisons": [asdict(row) | {"value": compare(figures, row)} for row in ROWS],
         "bars": [asdict(bar) for bar in results],
     }
     path.parent.mkdir(parents=True, exist_ok=True)

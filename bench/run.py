@@ -1,6 +1,7 @@
 """Benchmark: the model encoding in-process ("raw") against the same texts through the service.
 
-    .venv/bin/python bench/run.py [--limit 2000] [--repeat 2] [--url URL [--api-pid PID]]
+    .venv/bin/python bench/run.py [--limit 2000] [--repeat 2]
+                                  [--url URL [--api-pid PID] [--api-key KEY]]
 
 Measures raw first, then starts Redis, the API (gunicorn) and one CPU worker on free ports
 (unless --url names a running service) and measures sync, async and single-text requests

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.errors import InvalidRequest
 
 EncodingFormat = Literal["float", "base64"]
+MAX_METADATA_DEPTH = 64
+"""Levels of nesting a document's metadata may have (the object itself is one)."""
 
 
 class EmbedOptions(BaseModel):
@@ -95,6 +97,18 @@ class Document(BaseModel):
         if not value.strip():
             raise ValueError("must not be empty or only whitespace")
         return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _not_too_deep(cls, value: dict[str, object] | None) -> dict[str, object] | None:
+        # orjson re-encodes it (spool, Redis, results) and stops at 255 levels: a 500.
+        level: list[object] = [value]
+        for _ in range(MAX_METADATA_DEPTH + 1):
+            level = [x for v in level if isinstance(v, dict | list)
+                     for x in (v.values() if isinstance(v, dict) else v)]  # fmt: skip
+            if not level:
+                return value
+        raise ValueError(f"must not be nested deeper than {MAX_METADATA_DEPTH} levels")
 
 
 class Chunking(BaseModel):

@@ -6,6 +6,7 @@ whose Redis client never connects).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,6 +198,17 @@ def test_pooling_modes_follow_sentence_transformers() -> None:
     np.testing.assert_allclose(pooled[0], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="lasttoken"):
         onnx.pooling_modes({"pooling_mode": "lasttoken"})
+
+
+def test_models_with_other_modules_are_refused(tmp_path: Path) -> None:
+    modules = [
+        {"type": "sentence_transformers.models.Transformer", "path": ""},
+        {"type": "sentence_transformers.models.Pooling", "path": "1_Pooling"},
+        {"type": "sentence_transformers.models.Dense", "path": "2_Dense"},
+    ]
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ValueError, match="Dense"):
+        onnx.read_pipeline(tmp_path)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -66,6 +67,15 @@ def plan_passes(lengths: list[int], batch_size: int, max_tokens: int) -> list[li
     if current:
         passes.append(current)
     return passes
+
+
+def _record(hook: Callable[[Any], None], stats: PassStats | CollectionStats) -> None:
+    """Figures are best effort: a failing hook (Redis away) must neither fail the batch
+    nor, outside its try, kill the model thread and leave every later task waiting."""
+    try:
+        hook(stats)
+    except Exception as error:
+        log.warning("batch figures not recorded: %s: %s", type(error).__name__, error)
 
 
 class Batcher:
@@ -120,7 +130,8 @@ class Batcher:
             for i, row in zip(indices, matrix, strict=True):
                 rows[i] = row
             padded = max(lengths[i] for i in indices) * len(indices)
-            self.on_pass(PassStats(len(indices), sum(lengths[i] for i in indices), padded, seconds))
+            tokens = sum(lengths[i] for i in indices)
+            _record(self.on_pass, PassStats(len(indices), tokens, padded, seconds))
         return np.stack(rows)
 
     def _run(self) -> None:
@@ -136,7 +147,7 @@ class Batcher:
                         distinct.append(text)
                         lengths.append(length)
             total = sum(len(item.texts) for item in batch)
-            self.on_collection(CollectionStats(len(batch), total, len(distinct)))
+            _record(self.on_collection, CollectionStats(len(batch), total, len(distinct)))
             try:
                 matrix = self._embed_distinct(distinct, lengths)
             except Exception as error:  # a bad batch must not kill the model thread

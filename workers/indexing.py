@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery
 
 from common.errors import ServiceError
@@ -20,9 +21,15 @@ def index_batch(payload: dict[str, object]) -> None:
     """Embed a batch through the same cache and batcher as every request, then store it.
 
     A redelivered batch (the worker died before the ack) is computed again and
-    overwrites its own result; a batch of a cancelled or finished job is skipped.
+    overwrites its own result; a batch of a cancelled or finished job is skipped. Redis
+    away at any step fails nothing: the message is requeued.
     """
     task = IndexBatchTask.model_validate(payload)
+    with requeue_on_storage_error(task.job_id):
+        _index_batch(task)
+
+
+def _index_batch(task: IndexBatchTask) -> None:
     jobs = runtime.current().index_jobs
     status = jobs.begin(task.job_id)
     if status is None or status.terminal:
@@ -30,6 +37,8 @@ def index_batch(payload: dict[str, object]) -> None:
         return
     try:
         matrix = compute(task)
+    except redis.RedisError:  # the cache, not the batch, failed: requeued by index_batch()
+        raise
     except Exception as error:  # a failed batch fails its documents, not the worker
         if not isinstance(error, ServiceError):
             log.exception("index job %s batch %d failed", task.job_id, task.batch)
@@ -40,8 +49,7 @@ def index_batch(payload: dict[str, object]) -> None:
         doc_ids = list(dict.fromkeys(str(row[0]) for row in jobs.plan(task.job_id, task.batch)))
         jobs.fail_batch(task.job_id, task.batch, reason, doc_ids)
         return
-    with requeue_on_storage_error(task.job_id):
-        jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
+    jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
 
 
 def register(app: Celery) -> None:

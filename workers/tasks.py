@@ -71,9 +71,15 @@ def embed(payload: dict[str, object]) -> None:
     """Embed one job's texts and store the vectors under the job.
 
     Idempotent: a message redelivered after a worker died finds the job running and
-    redoes it; one for a job already finished or cancelled does nothing.
+    redoes it; one for a job already finished or cancelled does nothing. Redis away at
+    any step (job state, cache) fails nothing: the message is requeued.
     """
     task = EmbedTask.model_validate(payload)
+    with requeue_on_storage_error(task.job_id):
+        _embed(task)
+
+
+def _embed(task: EmbedTask) -> None:
     rt = runtime.current()
     if task.deadline is not None and time.time() > task.deadline:
         rt.jobs.fail(task.job_id, "deadline_exceeded", "the client's deadline passed first")
@@ -87,13 +93,14 @@ def embed(payload: dict[str, object]) -> None:
     except ServiceError as error:
         metrics.task_failed(task.model, error.type)
         rt.jobs.fail(task.job_id, error.type, error.message)
+    except redis.RedisError:  # the cache, not the job, failed: requeued by embed()
+        raise
     except Exception as error:  # never let one job take the worker down
         log.exception("job %s failed", task.job_id)
         metrics.task_failed(task.model, "internal_error")
         rt.jobs.fail(task.job_id, "internal_error", f"{type(error).__name__}: {error}")
     else:
-        with requeue_on_storage_error(task.job_id):
-            rt.jobs.succeed(task.job_id, matrix)
+        rt.jobs.succeed(task.job_id, matrix)
 
 
 def register(app: Celery) -> None:

@@ -282,7 +282,7 @@ def list_batches() -> Response:
     svc = services()
     _, batches = _stores(svc)
     raw_limit = request.args.get("limit", "20")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100:
+    if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100:
         raise errors.InvalidRequest("limit: an integer from 1 to 100", "limit")
     ids, more = batches.list(owner(), int(raw_limit), request.args.get("after"))
     data = [_public(_refresh(svc, batches.get(i, owner()))) for i in ids]

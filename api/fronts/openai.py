@@ -69,7 +69,9 @@ def _decode_tokens(spec: ModelSpec, value: list[int] | list[list[int]]) -> list[
     arrays = value if isinstance(value[0], list) else [value]
     size = tokenizer.get_vocab_size()
     for i, ids in enumerate(arrays):
-        if not ids or not all(isinstance(t, int) and 0 <= t < size for t in ids):
+        # type(t) is int: JSON true/false are no token ids; [[1], 2] mixes lists and ids.
+        valid = isinstance(ids, list) and all(type(t) is int and 0 <= t < size for t in ids)
+        if not ids or not valid:
             raise errors.InvalidRequest(
                 f"input[{i}]: token ids must be a non-empty list of integers below {size}",
                 param=f"input[{i}]",
@@ -92,6 +94,8 @@ def native_body(svc: Services, body: object) -> dict[str, object]:
         raise errors.InvalidRequest("you must provide a model parameter", param="model")
     native = {k: v for k, v in body.items() if k in ("model", "input", "encoding_format",
                                                       "dimensions")}  # fmt: skip
+    if not isinstance(body["model"], str | None):
+        raise errors.InvalidRequest("model: must be a string", param="model")
     if _is_tokens(native.get("input")):
         spec = svc.registry.get(body["model"])  # type: ignore[arg-type]
         native["input"] = _decode_tokens(spec, native["input"])  # type: ignore[arg-type]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import time
 
 from flask import Blueprint, Response, request, send_file, url_for
@@ -87,6 +88,8 @@ def _cursor(raw: str | None) -> tuple[float, str] | None:
         return None
     try:
         score, job_id = base64.urlsafe_b64decode(raw.encode()).decode().split("|", 1)
+        if not math.isfinite(float(score)):  # Redis refuses nan as a score
+            raise ValueError(score)
         return float(score), job_id
     except ValueError:
         raise InvalidRequest("cursor: not a cursor this API gave out", param="cursor") from None
@@ -96,7 +99,7 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # not '²'
         raise InvalidRequest(f"{name}: an integer from {low} to {high}", param=name)
     return int(raw)
 

@@ -1,0 +1,298 @@
+"""A bounded load run: 32 users for 60 s against the service started as the README starts
+it (`embeddings up`: embedded Redis, gunicorn, a CPU worker, Flower), with locust.
+
+    .venv/bin/python bench/load.py [--users 32] [--seconds 60] [--warmup 15]
+
+Each user mixes sync calls of 1 and of 32 new texts, cached repeats, async jobs (submit,
+then poll to the end) and small bulk index jobs (submit, poll, download). The service's
+rate limits are raised for the run (every user calls from 127.0.0.1).
+
+Prints p50/p95/p99 per route, the 5xx count, the jobs accepted and how many of them
+reached succeeded, and the API's memory (gunicorn master + workers RSS) after the warm-up
+and at the end. Exits 1 when a bar fails: any 5xx, any accepted job that does not
+succeed, or API memory at the end more than 10% above the warm figure.
+"""
+
+from __future__ import annotations
+
+# locust patches the standard library with gevent on import: before anything else.
+import locust  # isort: skip  # noqa: F401
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import gevent
+import requests
+from locust import between, events, task
+from locust.contrib.fasthttp import FastHttpUser
+from locust.env import Environment
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBEDDINGS = ROOT / ".venv" / "bin" / "embeddings"
+READY_TIMEOUT_S = 240.0
+JOB_TIMEOUT_S = 180.0
+"""After the run, how long the accepted jobs still running get to finish."""
+POLL_S = 0.1
+MEMORY_BAR = 1.10
+WORDS = [
+    "embedding", "vector", "model", "token", "batch", "queue", "worker", "redis", "cache",
+    "cosine", "search", "index", "document", "passage", "sentence", "meaning", "semantic",
+    "retrieval", "query", "answer", "fast", "slow", "light", "river", "mountain", "city",
+    "garden", "music", "window", "letter", "market", "winter", "summer", "coffee",
+]  # fmt: skip
+CACHED = [f"a cached sentence number {i} about {WORDS[i % len(WORDS)]}" for i in range(20)]
+
+
+def text() -> str:
+    """A new text each time (so it is embedded, not answered from the cache)."""
+    return f"{random.getrandbits(64):x} " + " ".join(random.choices(WORDS, k=random.randint(6, 24)))
+
+
+# What the run saw beyond locust's timings.
+STATUSES: Counter[int] = Counter()
+"""Every answer's status code (0: none came), warm-up included."""
+ACCEPTED: dict[str, str] = {}
+"""Every job accepted (202): status url -> kind."""
+FINISHED: dict[str, str] = {}
+"""status url -> the status it ended in."""
+
+
+@events.request.add_listener
+def _count(response: object = None, exception: object = None, **_: object) -> None:
+    status = getattr(response, "status_code", None)
+    STATUSES[status if isinstance(status, int) else 0] += 1
+
+
+class ServiceUser(FastHttpUser):
+    wait_time = between(0.05, 0.3)
+    network_timeout = 120.0
+    connection_timeout = 10.0
+
+    def _post(self, path: str, body: object, name: str, **kw: object) -> object:
+        return self.client.post(path, json=body, name=name, **kw)
+
+    @task(4)
+    def sync_one(self) -> None:
+        self._post("/api/v1/embeddings", {"input": text()}, "POST /api/v1/embeddings (1)")
+
+    @task(1)
+    def sync_32(self) -> None:
+        body = {"input": [text() for _ in range(32)]}
+        self._post("/api/v1/embeddings", body, "POST /api/v1/embeddings (32)")
+
+    @task(4)
+    def cached(self) -> None:
+        with self.client.post("/api/v1/embeddings", json={"input": random.choice(CACHED)},
+                              name="POST /api/v1/embeddings (cached)",
+                              catch_response=True) as response:  # fmt: skip
+            if response.status_code == 200 and response.headers.get("X-Cache") != "hit":
+                response.failure(f"expected a cache hit, got {response.headers.get('X-Cache')}")
+
+    def _follow(self, response: object, kind: str, name: str) -> str | None:
+        if getattr(response, "status_code", None) != 202:
+            return None
+        url = response.json()["status_url"]  # type: ignore[attr-defined]
+        ACCEPTED[url] = kind
+        deadline = time.monotonic() + JOB_TIMEOUT_S
+        while time.monotonic() < deadline:
+            gevent.sleep(POLL_S)
+            polled = self.client.get(url, name=name)
+            if polled.status_code == 200 and polled.json()["status"] not in ("queued", "running"):
+                FINISHED[url] = polled.json()["status"]
+                return url
+        return None
+
+    @task(2)
+    def async_job(self) -> None:
+        body = {"input": [text() for _ in range(8)]}
+        response = self._post("/api/v1/jobs", body, "POST /api/v1/jobs (8)")
+        self._follow(response, "job", "GET /api/v1/jobs/{id}")
+
+    @task(1)
+    def index_job(self) -> None:
+        docs = [{"id": f"d{i}", "text": " ".join(text() for _ in range(3))} for i in range(20)]
+        response = self._post(
+            "/api/v1/index-jobs", {"documents": docs}, "POST /api/v1/index-jobs (20)"
+        )
+        url = self._follow(response, "index", "GET /api/v1/index-jobs/{id}")
+        if url and FINISHED[url] == "succeeded":
+            rows = self.client.get(f"{url}/results", name="GET /api/v1/index-jobs/{id}/results")
+            if rows.status_code == 200 and len(rows.text.splitlines()) < len(docs):
+                FINISHED[url] = "incomplete results"
+
+
+# ---------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for thread in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (thread / "children").read_text().split()]
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def api_rss_mib(launcher: int) -> float:
+    """The gunicorn master and its workers, summed."""
+    master = next(p for p in children(launcher)
+                  if b"gunicorn" in Path(f"/proc/{p}/cmdline").read_bytes())  # fmt: skip
+    return sum(rss_kib(p) for p in [master, *children(master)]) / 1024
+
+
+class Service:
+    """`embeddings up` on free ports in a temporary run directory; SIGINT stops it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="embeddings-load-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = self.dir / "up.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded one
+        env |= {"PORT": str(self.port), "HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
+        # Every user calls from 127.0.0.1: one rate-limit bucket, raised for the run.
+        env |= {"RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "RATE_LIMIT_BURST": "1000000"}
+        cmd = [str(EMBEDDINGS), "up", "--flower-port", str(free_port()), "--run-dir", str(self.dir)]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while b"ready." not in self.log.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"embeddings up did not get ready:\n{self.tail()}")
+            time.sleep(0.5)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.poll() if self.process else None
+        self.process.send_signal(signal.SIGINT)  # as Ctrl-C: the launcher stops the rest
+        try:
+            return self.process.wait(90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+# ---------------------------------------------------------------- the run
+
+
+def finish_jobs(url: str) -> None:
+    """Poll every accepted job that the run left unfinished, to its end."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    for status_url in [u for u in ACCEPTED if u not in FINISHED]:
+        while time.monotonic() < deadline:
+            status = requests.get(url + status_url, timeout=30).json()["status"]
+            if status not in ("queued", "running"):
+                FINISHED[status_url] = status
+                break
+            time.sleep(0.5)
+
+
+def report(env: Environment, seconds: float, rss: tuple[float, float]) -> list[str]:
+    print(
+        f"\n{'route':42} {'count':>6} {'fail':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}  (ms)"
+    )
+    for name, entry in sorted(env.stats.entries.items()):
+        p = entry.get_response_time_percentile
+        times = f"{p(0.5):7.0f} {p(0.95):7.0f} {p(0.99):7.0f} {entry.max_response_time:7.0f}"
+        print(f"{name[1]:>6} {name[0][:35]:35} {entry.num_requests:6d} {entry.num_failures:5d} "
+              f"{times}")  # fmt: skip
+    total = env.stats.total
+    print(f"{'all':42} {total.num_requests:6d} {total.num_failures:5d}  "
+          f"{total.num_requests / seconds:.1f} requests/s")  # fmt: skip
+    for error in env.stats.errors.values():
+        print(f"  error x{error.occurrences}: {error.method} {error.name}: {error.error}")
+    server_errors = sum(n for s, n in STATUSES.items() if s >= 500)
+    no_answer = STATUSES.get(0, 0)
+    kinds = Counter(ACCEPTED.values())
+    outcomes = Counter(FINISHED.get(u, "unfinished") for u in ACCEPTED)
+    lost = sum(n for status, n in outcomes.items() if status != "succeeded")
+    print(f"\nstatus codes: {dict(sorted(STATUSES.items()))} (0: no answer)")
+    print(f"jobs accepted: {dict(kinds)}; outcomes: {dict(outcomes)}")
+    warm, end = rss
+    print(f"API memory (gunicorn master + workers RSS): {warm:.0f} MiB after the warm-up, "
+          f"{end:.0f} MiB at the end ({end / warm - 1:+.1%})")  # fmt: skip
+    failed = []
+    if server_errors or no_answer:
+        failed.append(f"{server_errors} 5xx answers, {no_answer} requests without an answer")
+    if lost or not ACCEPTED:
+        failed.append(f"{lost} of {len(ACCEPTED)} accepted jobs did not succeed")
+    if end > warm * MEMORY_BAR:
+        failed.append(f"API memory grew {end / warm - 1:.1%} (bar: {MEMORY_BAR - 1:.0%})")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=15.0)
+    args = parser.parse_args(argv)
+    service = Service()
+    print(f"starting embeddings up (log: {service.log}) ...", flush=True)
+    try:
+        service.start()
+        shown = ("redis ", "api ", "flower ", "ready.")
+        lines = service.log.read_text(errors="replace").splitlines()
+        print("\n".join(x for x in lines if x.startswith(shown)), flush=True)
+        session = requests.Session()
+        for sentence in CACHED:  # the cached repeats' first sight
+            session.post(f"{service.url}/api/v1/embeddings", json={"input": sentence}, timeout=60)
+        env = Environment(user_classes=[ServiceUser], host=service.url, events=events)
+        runner = env.create_local_runner()
+        runner.start(args.users, spawn_rate=args.users)
+        print(f"warm-up: {args.users} users for {args.warmup:g} s ...", flush=True)
+        gevent.sleep(args.warmup)
+        warm = api_rss_mib(service.process.pid)  # type: ignore[union-attr]
+        env.stats.reset_all()  # timings of the measured run only; status codes of all
+        print(f"measured run: {args.users} users for {args.seconds:g} s ...", flush=True)
+        started = time.monotonic()
+        gevent.sleep(args.seconds)
+        end = api_rss_mib(service.process.pid)  # type: ignore[union-attr]
+        elapsed = time.monotonic() - started
+        runner.quit()
+        finish_jobs(service.url)
+        failed = report(env, elapsed, (warm, end))
+    finally:
+        code = service.stop()
+        print(f"embeddings up stopped (exit {code})")
+    for line in failed:
+        print(f"FAILED: {line}")
+    if failed:
+        print(f"the service's logs stay in {service.dir}")
+        return 1
+    shutil.rmtree(service.dir, ignore_errors=True)
+    print("all bars met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
