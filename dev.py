@@ -23,7 +23,8 @@ USAGE = """usage: python3 dev.py COMMAND [ARGS...]
 
   up      install, then run Redis (embedded), the API on :3010, a CPU worker, Flower on :5555
   test    install, then run the test suite (pytest ARGS...)
-  bench   install, then run the benchmarks in bench/ (ARGS go to bench/run.py)
+  bench   install, then run the benchmark suites, then their bars' summary: ARGS go to
+          bench/run.py, [SUITE ...] of foundation throughput indexing load, --quick
   lint    ruff check and ruff format --check
   fuzz    install, then fuzz the API from /openapi.json at length: FUZZ_EXAMPLES cases
           per operation and kind (default 200), FUZZ_SEED replays a run; ARGS go to pytest
@@ -75,13 +76,14 @@ def main(argv: list[str]) -> int:
         ],
         "install": [],
     }
-    for cmd in runs[command]:
-        try:
-            code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
-        except KeyboardInterrupt:
-            code = 130
+    *first, last = runs[command] or [[]]
+    for cmd in first:
+        code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
         if code:
             return code
+    if last:  # in this process's place, so Ctrl-C and the exit status are the command's own
+        os.chdir(ROOT)
+        os.execve(last[0], last, env)
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import redis
 import requests
 
+from cli.processes import spawn
 from cli.redis_server import RedisServer, free_port
 from common.api_keys import KeyStore
 from common.providers import REMOTE, missing_setting
@@ -74,7 +75,7 @@ class Stack:
                 port = free_port()  # one per worker; WORKER_METRICS_PORT=0 turns them off
                 child_env = dict(env, WORKER_METRICS_PORT=str(port))
                 metrics.append(f"{name} http://{host}:{port}/metrics")
-            self.children[name] = subprocess.Popen(cmd, env=child_env, cwd=root)
+            self.children[name] = spawn(cmd, env=child_env, cwd=root)
         print(f"api     http://{host}:{self.settings.PORT}  (health: /health, docs: /docs)")
         print(f"metrics http://{host}:{self.settings.PORT}/metrics (api)", *metrics, sep="  ")
         self._say_auth(env["REDIS_URL"])
@@ -112,6 +113,10 @@ class Stack:
         return False
 
     def stop(self) -> None:
+        """SIGTERM to every child (workers finish their tasks: warm shutdown), then Redis.
+        Another Ctrl-C meanwhile cannot cut this short; what outlives 30 s is killed."""
+        for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(number, signal.SIG_IGN)
         for process in self.children.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -121,8 +126,13 @@ class Stack:
             except subprocess.TimeoutExpired:
                 print(f"{name} did not stop in 30 s: killed", file=sys.stderr)
                 process.kill()
+                process.wait()
         if self.redis:
             self.redis.stop()
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
@@ -133,7 +143,8 @@ def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
         print(f"embeddings: {error}", file=sys.stderr)
         return 2
     stack = Stack(settings, run_dir, flower_port, gpu_worker)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    for number in (signal.SIGTERM, signal.SIGHUP):  # stop as on Ctrl-C
+        signal.signal(number, _interrupt)
     try:
         stack.start()
         if not stack.wait_ready():

