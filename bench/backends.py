@@ -1,6 +1,7 @@
 """Torch vs ONNX Runtime (fp32 and int8) encoders for one local model, side by side.
 
     .venv/bin/python bench/backends.py [--limit 2000] [--single 100] [--repeat 2]
+    (or `python3 dev.py bench backends`)
 
 Encoders are built as a CPU worker builds them (ONNX exports cached under MODEL_CACHE_DIR).
 Throughput: the first `limit` passages sorted by length, one embed call per pass of 32, as
@@ -8,13 +9,13 @@ the batcher cuts them. Latency: p50 of sequential one-text calls on the first `s
 passages. Each round measures every backend in turn (the order rotating), so background
 load hits them alike; figures are mean [min-max] over rounds, with the half-spread, the
 ratio to torch and the most CPU that other processes took during one measurement.
-Agreement: cosines between backends' vectors over the first `agreement` passages.
+Agreement: cosines between backends' vectors over the first `agreement` passages; the bar
+is ONNX fp32 against torch, lowest cosine > 0.999. Writes bench/results/backends-*.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -22,14 +23,17 @@ from statistics import fmean
 
 import numpy as np
 
+import suite
 from common.registry import ModelSpec, load_registry
 from common.settings import load_settings
 from machine import OthersCpu
+from report import at_least, finish
+from suite import DEFAULT_CORPUS, check_repeat, positive
 from workers.providers.base import Encoder
+from workload import load_texts
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "passages.jsonl"
 BACKENDS = ("torch", "onnx", "onnx-int8")
+BAR_ONNX_MIN_COSINE = 0.999
 PASS = 32
 
 Sample = tuple[float, float]
@@ -40,19 +44,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="JSONL: id, text")
     parser.add_argument("--model", help="registry name (default: DEFAULT_MODEL)")
-    parser.add_argument("--limit", type=int, default=2000, help="texts for throughput")
-    parser.add_argument("--single", type=int, default=100, help="one-text calls per round")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds, at least 2")
-    parser.add_argument("--agreement", type=int, default=500, help="texts for the cosines")
+    parser.add_argument("--limit", type=positive, default=2000, help="texts for throughput")
+    parser.add_argument("--single", type=positive, default=100, help="one-text calls per round")
+    parser.add_argument("--repeat", type=positive, default=2, help="rounds, at least 2")
+    parser.add_argument("--agreement", type=positive, default=500, help="texts for the cosines")
     args = parser.parse_args()
-    if args.repeat < 2:
-        parser.error("--repeat must be at least 2, to show a spread")
+    check_repeat(parser, args)
     return args
-
-
-def load_texts(path: Path, limit: int) -> list[str]:
-    with path.open(encoding="utf-8") as lines:
-        return [json.loads(line)["text"] for line, _ in zip(lines, range(limit), strict=False)]
 
 
 def build(spec: ModelSpec, backend: str, cache_root: Path) -> Encoder:
@@ -137,20 +135,21 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def agreement(encoders: dict[str, Encoder], texts: list[str]) -> list[str]:
+def agreement(encoders: dict[str, Encoder], texts: list[str]) -> dict[str, dict[str, float]]:
     """Min, mean and 1st percentile of the cosines between each pair of interest."""
     vectors = {name: embed_in_passes(encoder, texts) for name, encoder in encoders.items()}
-    lines = []
+    found = {}
     for one, other in [("onnx", "torch"), ("onnx-int8", "torch"), ("onnx-int8", "onnx")]:
-        found = cosines(vectors[one], vectors[other])
-        lines.append(
-            f"  {one:>9} vs {other:<5}  min {found.min():.6f}  mean {found.mean():.6f}  "
-            f"p1 {np.percentile(found, 1):.6f}"
-        )
-    return lines
+        values = cosines(vectors[one], vectors[other])
+        found[f"{one} vs {other}"] = {
+            "min": float(values.min()),
+            "mean": float(values.mean()),
+            "p1": float(np.percentile(values, 1)),
+        }
+    return found
 
 
-def main() -> None:
+def main() -> int:
     import torch
 
     args = parse_args()
@@ -172,8 +171,25 @@ def main() -> None:
     rates, p50s = measure(encoders, texts[: args.limit], texts[: args.single], args.repeat)
     print("\n" + "\n".join(table(rates, p50s)))
     print(f"\nagreement, cosine over the first {args.agreement} passages")
-    print("\n".join(agreement(encoders, texts[: args.agreement])))
+    cosine = agreement(encoders, texts[: args.agreement])
+    for pair, found in cosine.items():
+        print(f"  {pair:<18} " + "  ".join(f"{k} {v:.6f}" for k, v in found.items()))
+    bars = [
+        at_least(
+            f"onnx vs torch, lowest cosine >= {BAR_ONNX_MIN_COSINE}",
+            cosine["onnx vs torch"]["min"],
+            BAR_ONNX_MIN_COSINE,
+            "",
+        )
+    ]
+    data = {
+        "config": vars(args) | {"corpus": str(args.corpus), "model": spec.name},
+        "texts_per_second": {name: [v for v, _ in rates[name]] for name in BACKENDS},
+        "single_p50_ms": {name: [v for v, _ in p50s[name]] for name in BACKENDS},
+        "agreement": cosine,
+    }
+    return finish("backends", data, bars)
 
 
 if __name__ == "__main__":
-    main()
+    suite.run(main)

@@ -1,16 +1,20 @@
-"""The service under load: sync requests, async jobs and single-text latency over HTTP."""
+"""HTTP to the service: the error check and job polling every suite uses, and foundation's
+load (sync requests, async jobs, single-text latency)."""
 
 from __future__ import annotations
 
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 import requests
 
+import raw_encode
 from report import Figures
 from workload import CHUNK, Workload, chunks
 
@@ -40,19 +44,43 @@ class Target:
         return session
 
 
-def _ok(response: requests.Response) -> requests.Response:
+def check(response: requests.Response) -> requests.Response:
+    """The response, unless it is an error: then a RuntimeError that quotes it."""
     if response.status_code == 429:
         raise RuntimeError(
             f"429 from {response.url}: the service's rate limit or sync slots are too low "
             f"for a benchmark ({response.text.strip()[:200]})"
         )
-    response.raise_for_status()
+    if response.status_code >= 400:
+        raise RuntimeError(f"{response.status_code} from {response.url}: {response.text[:300]}")
     return response
+
+
+def wait_succeeded(
+    session: requests.Session,
+    url: str,
+    timeout_s: float = JOB_TIMEOUT_S,
+    poll: tuple[float, float] = (POLL_FIRST_S, POLL_MAX_S),
+) -> dict[str, Any]:
+    """Poll a job's status `url` until it succeeds; its body. The interval starts at
+    poll[0] and doubles up to poll[1]; a failed or cancelled job raises."""
+    deadline = time.monotonic() + timeout_s
+    interval, longest = poll
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = orjson.loads(check(session.get(url, timeout=HTTP_TIMEOUT_S)).content)
+        if body["status"] == "succeeded":
+            return body
+        if body["status"] in ("failed", "cancelled"):
+            why = body.get("error") or body.get("failures")
+            raise RuntimeError(f"job {body['id']} {body['status']}: {why}")
+        time.sleep(interval)
+        interval = min(2 * interval, longest)
+    raise TimeoutError(f"{url} not done in {timeout_s:g}s")
 
 
 def _post(session: requests.Session, url: str, texts: list[str]) -> requests.Response:
     payload = orjson.dumps({"input": texts})
-    return _ok(session.post(url, data=payload, timeout=HTTP_TIMEOUT_S))
+    return check(session.post(url, data=payload, timeout=HTTP_TIMEOUT_S))
 
 
 def embed(session: requests.Session, target: Target, texts: list[str]) -> list[list[float]]:
@@ -64,6 +92,32 @@ def embed(session: requests.Session, target: Target, texts: list[str]) -> list[l
     if len(rows) != len(texts):
         raise RuntimeError(f"asked for {len(texts)} vectors, got {len(rows)}")
     return rows
+
+
+def in_threads(count: int, work: Callable[[], None]) -> float:
+    """`work()` in `count` threads released together; seconds until the last is done.
+    The first error a thread met is raised here."""
+    errors: list[BaseException] = []
+    ready = threading.Barrier(count + 1)
+
+    def run() -> None:
+        ready.wait()
+        try:
+            work()
+        except BaseException as error:  # re-raised in the caller's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    if errors:
+        raise errors[0]
+    return elapsed
 
 
 def _drain(target: Target, work: queue.SimpleQueue[list[str]]) -> None:
@@ -81,41 +135,13 @@ def sync_throughput(target: Target, texts: list[str], clients: int) -> float:
     work: queue.SimpleQueue[list[str]] = queue.SimpleQueue()
     for part in chunks(texts):
         work.put(part)
-    errors: list[BaseException] = []
-
-    def client() -> None:
-        try:
-            _drain(target, work)
-        except BaseException as error:  # re-raised in the caller's thread
-            errors.append(error)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise errors[0]
-    return len(texts) / elapsed
+    return len(texts) / in_threads(clients, lambda: _drain(target, work))
 
 
 def _await_job(session: requests.Session, target: Target, status_url: str, count: int) -> None:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    interval = POLL_FIRST_S
-    while time.monotonic() < deadline:
-        response = _ok(session.get(f"{target.url}{status_url}", timeout=HTTP_TIMEOUT_S))
-        body = orjson.loads(response.content)
-        if body["status"] == "succeeded":
-            if len(body["result"]["data"]) != count:
-                raise RuntimeError(f"job {body['id']}: {count} texts, other vector count")
-            return
-        if body["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"job {body['id']} {body['status']}: {body.get('error')}")
-        time.sleep(interval)
-        interval = min(2 * interval, POLL_MAX_S)
-    raise TimeoutError(f"{status_url} not done in {JOB_TIMEOUT_S:g}s")
+    body = wait_succeeded(session, f"{target.url}{status_url}")
+    if len(body["result"]["data"]) != count:
+        raise RuntimeError(f"job {body['id']}: {count} texts, other vector count")
 
 
 def async_throughput(target: Target, texts: list[str]) -> float:
@@ -143,11 +169,10 @@ def single_latencies(target: Target, texts: list[str]) -> list[float]:
 
 
 def min_cosine(target: Target, texts: list[str], reference: np.ndarray) -> float:
-    """The lowest cosine between the service's vectors and unit-length reference rows."""
+    """The lowest cosine between the service's vectors and the reference rows."""
     with target.session() as session:
         served = np.array(embed(session, target, texts), dtype=np.float32)
-    served /= np.linalg.norm(served, axis=1, keepdims=True)
-    return float(np.min(np.sum(served * reference, axis=1)))
+    return raw_encode.min_cosine(served, reference)
 
 
 def warm_up(target: Target, texts: list[str]) -> None:

@@ -7,16 +7,17 @@ Raw first, in this process: the chunks that common.chunking.split makes of every
 (SentenceTransformer, batch_size 32): documents/s and chunks/s. The raw model is released
 before the service starts.
 
-Then Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one CPU worker (bench/throughput.py's
-Stack) and, per backend (torch, then onnx after a worker restart; the first onnx start
-exports the model, outside any timing), after a small warm-up job, `--repeat` times: the
-passages as documents ({"id", "text"}) in one NDJSON upload (Cache-Control: no-store, so no
-run is served from, or fills, the embedding cache), timed from the POST to the job seen
-succeeded (polled every 50 ms). Beside it: the upload's own seconds; the peak RSS of the API
-(gunicorn master + workers, sampled every 50 ms) during the upload; Redis bytes per stored
-vector (used_memory delta, and MEMORY USAGE of the job's vectors + plan hashes, over
-chunks); the batches the worker formed. Once per backend, the job's results (.npz) are
-checked against the raw chunks (same offsets) and vectors (lowest cosine).
+Then Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one CPU worker (bench/local_stack.py,
+as for bench/throughput.py) and, per backend (torch, then onnx after a worker restart; the
+first onnx start exports the model, outside any timing), after a small warm-up job,
+`--repeat` times: the passages as documents ({"id", "text"}) in one NDJSON upload
+(Cache-Control: no-store, so no run is served from, or fills, the embedding cache), timed
+from the POST to the job seen succeeded (polled every 50 ms). Beside it: the upload's own
+seconds; the peak RSS of the API (gunicorn master + workers, sampled every 50 ms) during
+the upload; Redis bytes per stored vector (used_memory delta, and MEMORY USAGE of the job's
+vectors + plan hashes, over chunks); the batches the worker formed. Once per backend, the
+job's results (.npz) are checked against the raw chunks (same offsets) and vectors (lowest
+cosine).
 
 Writes bench/results/indexing-<timestamp>.json; exits 1 when a bar fails.
 """
@@ -24,12 +25,10 @@ Writes bench/results/indexing-<timestamp>.json; exits 1 when a bar fails.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import io
 import json
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -42,31 +41,24 @@ import orjson
 import requests
 
 import raw_encode
+from batches import BatchLog
 from common.chunking import split
-from machine import OthersCpu, children_of, rss_mib
-from report import Bar, Figures, bar_lines
-from throughput import (
-    DEFAULT_CORPUS,
-    OTHERS_NOTE,
-    ROOT,
-    SERVICE_ENV,
-    WORKER,
-    BatchLog,
-    Stack,
+from http_load import check, wait_succeeded
+from local_stack import MANY_CLIENTS_ENV, WORKER, LocalService, model_spec
+from machine import OthersCpu, tree_rss_mib
+from report import (
+    Bar,
+    Figures,
+    Row,
     at_least,
     at_most,
-    check,
-    figures_dict,
-    install_signal_handlers,
-    min_cosine,
-    model_spec,
-    normalized,
-    positive,
+    comparisons,
+    finish,
+    others_note,
     ratio,
     table,
-    verdict,
-    write_json,
 )
+from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positive, run
 from workload import CHUNK
 
 BACKENDS = ("torch", "onnx")
@@ -114,21 +106,20 @@ def chunk_docs(docs: list[dict[str, str]], max_tokens: int, overlap: int) -> lis
 
 
 def measure_raw(docs: int, pieces: list[Piece], repeat: int, figures: Figures) -> np.ndarray:
-    """Raw encode of all chunks as one list, `repeat` times; returns the vectors."""
+    """Raw encode of all chunks as one list, `repeat` times; returns the vectors, unit length."""
     texts = [piece.text for piece in pieces]
     model = raw_encode.load_model()
     model.encode(texts[: 2 * CHUNK], batch_size=CHUNK)
     vectors = np.empty(0)
-    for run in range(1, repeat + 1):
-        print(f"raw, repeat {run}/{repeat}", flush=True)
+    for number in range(1, repeat + 1):
+        print(f"raw, repeat {number}/{repeat}", flush=True)
         with OthersCpu() as others:
-            started = time.perf_counter()
-            vectors = model.encode(texts, batch_size=CHUNK)
-            elapsed = time.perf_counter() - started
-        figures.add("raw_docs", "raw, one list", "docs/s", docs / elapsed, others.percent)
+            rate, vectors = raw_encode.encode_whole(model, texts)
+        per_doc = docs / len(texts)
+        figures.add("raw_docs", "raw, one list", "docs/s", rate * per_doc, others.percent)
         label = "raw, one list, batch 32"
-        figures.add("raw_chunks", label, "chunks/s", len(texts) / elapsed, others.percent)
-    return normalized(vectors)
+        figures.add("raw_chunks", label, "chunks/s", rate, others.percent)
+    return raw_encode.normalized(vectors)
 
 
 class RssSampler:
@@ -141,11 +132,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True, name="rss")
 
     def total(self) -> float:
-        size = 0.0
-        for pid in [self.master, *children_of(self.master)]:
-            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
-                size += rss_mib(pid)  # unless the process just exited
-        return size
+        return tree_rss_mib(self.master)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -181,19 +168,11 @@ def submit(session: requests.Session, url: str, body: bytes, max_tokens: int) ->
 
 
 def wait_job(session: requests.Session, url: str, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    while time.monotonic() < deadline:
-        answer = check(session.get(f"{url}/api/v1/index-jobs/{job_id}", timeout=60))
-        job = orjson.loads(answer.content)
-        if job["status"] == "succeeded":
-            return job
-        if job["status"] in ("failed", "cancelled"):
-            raise RuntimeError(f"index job {job_id} {job['status']}: {job.get('failures')}")
-        time.sleep(POLL_S)
-    raise TimeoutError(f"index job {job_id} not done in {JOB_TIMEOUT_S:g} s")
+    status_url = f"{url}/api/v1/index-jobs/{job_id}"
+    return wait_succeeded(session, status_url, JOB_TIMEOUT_S, (POLL_S, POLL_S))
 
 
-def drained(stack: Stack) -> None:
+def drained(stack: LocalService) -> None:
     """Until the last task messages are acked (a job succeeds just before its last ack)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     client = stack.client
@@ -204,7 +183,7 @@ def drained(stack: Stack) -> None:
 
 
 def index_once(
-    stack: Stack, body: bytes, max_tokens: int, backend: str, figures: Figures
+    stack: LocalService, body: bytes, max_tokens: int, backend: str, figures: Figures
 ) -> dict[str, Any]:
     """One timed index job; figures for it; returns the finished job's progress body."""
     client = stack.client
@@ -237,7 +216,7 @@ def index_once(
 
 
 def check_results(
-    stack: Stack, job_id: str, pieces: list[Piece], reference: np.ndarray
+    stack: LocalService, job_id: str, pieces: list[Piece], reference: np.ndarray
 ) -> dict[str, Any]:
     """The job's .npz against the raw chunks: same (id, chunk, start, end), and cosines."""
     answer = requests.get(
@@ -250,8 +229,55 @@ def check_results(
     same = rows == expected
     out: dict[str, Any] = {"job": job_id, "chunks": len(rows), "offsets_match": same}
     if same:
-        out["min_cosine_vs_raw_torch"] = min_cosine(found["embeddings"], reference)
+        out["min_cosine_vs_raw_torch"] = raw_encode.min_cosine(found["embeddings"], reference)
     return out
+
+
+@dataclass
+class Measured:
+    """What the service runs fill in."""
+
+    figures: Figures
+    batches: BatchLog
+    notes: dict[str, Any]
+
+
+def switch_backend(stack: LocalService, backend: str, notes: dict[str, Any]) -> None:
+    """Restart the worker with `backend`, unless it runs that one already."""
+    if backend == stack.backend:
+        return
+    print(f"restarting the worker with backend {backend} (first onnx use exports)")
+    took = stack.restart_worker(backend)
+    notes[f"{backend}_worker_start_seconds"] = took
+    print(f"{backend} worker ready in {took:.1f} s", flush=True)
+
+
+def backend_rounds(
+    args: argparse.Namespace,
+    stack: LocalService,
+    backend: str,
+    docs: list[dict[str, str]],
+    pieces: list[Piece],
+    reference: np.ndarray,
+    out: Measured,
+) -> None:
+    """A warm-up job, then `--repeat` timed ones; the first one's results are checked."""
+    print(f"warm-up ({backend} worker)", flush=True)
+    with requests.Session() as session:
+        warm = upload_body(docs[:64])
+        wait_job(session, stack.url, submit(session, stack.url, warm, args.max_tokens))
+    body = upload_body(docs)
+    for number in range(1, args.repeat + 1):
+        print(f"service ({backend} worker), repeat {number}/{args.repeat}", flush=True)
+        job = out.batches.run(
+            stack,
+            f"index job, {backend}",
+            lambda: index_once(stack, body, args.max_tokens, backend, out.figures),
+        )
+        if number == 1:
+            found = check_results(stack, job["id"], pieces, reference)
+            out.notes[f"results_{backend}"] = found
+            print(f"    results: {results_line(found, len(pieces))}", flush=True)
 
 
 def run_service(
@@ -259,34 +285,13 @@ def run_service(
     docs: list[dict[str, str]],
     pieces: list[Piece],
     reference: np.ndarray,
-    figures: Figures,
-    batches: BatchLog,
-    notes: dict[str, Any],
+    out: Measured,
 ) -> None:
-    body = upload_body(docs)
-    warm = upload_body(docs[:64])
-    with Stack("indexing") as stack:
-        print(f"service at {stack.url}, redis at {stack.redis.url}, logs in {stack.dir}")
+    with LocalService("indexing", backend="torch", env=MANY_CLIENTS_ENV) as stack:
+        print(stack.describe())
         for backend in args.backends:
-            if backend != stack.backend:
-                print(f"restarting the worker with backend {backend} (first onnx use exports)")
-                took = stack.restart_worker(backend)
-                notes[f"{backend}_worker_start_seconds"] = took
-                print(f"{backend} worker ready in {took:.1f} s", flush=True)
-            print(f"warm-up ({backend} worker)", flush=True)
-            with requests.Session() as session:
-                wait_job(session, stack.url, submit(session, stack.url, warm, args.max_tokens))
-            for run in range(1, args.repeat + 1):
-                print(f"service ({backend} worker), repeat {run}/{args.repeat}", flush=True)
-                job = batches.run(
-                    stack,
-                    f"index job, {backend}",
-                    lambda b=backend: index_once(stack, body, args.max_tokens, b, figures),
-                )
-                if run == 1:
-                    found = check_results(stack, job["id"], pieces, reference)
-                    notes[f"results_{backend}"] = found
-                    print(f"    results: {results_line(found, len(pieces))}", flush=True)
+            switch_backend(stack, backend, out.notes)
+            backend_rounds(args, stack, backend, docs, pieces, reference, out)
 
 
 def results_line(found: dict[str, Any], expected: int) -> str:
@@ -301,13 +306,13 @@ def results_line(found: dict[str, Any], expected: int) -> str:
     )
 
 
-def rows(backends: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
-    out: list[tuple[str, str | None]] = []
+def rows(backends: tuple[str, ...]) -> list[Row]:
+    out: list[Row] = []
     for backend in backends:
-        out += [(f"{backend}_chunks", "raw_chunks"), (f"{backend}_docs", "raw_docs"),
-                (f"{backend}_upload", None)]  # fmt: skip
+        out += [Row(f"{backend}_chunks", "raw_chunks"), Row(f"{backend}_docs", "raw_docs"),
+                Row(f"{backend}_upload")]  # fmt: skip
     keys = ("rss_before", "rss_peak", "bytes_used_memory", "bytes_memory_usage")
-    return (*out, *((key, None) for key in keys))
+    return out + [Row(key) for key in keys]
 
 
 def bars(figures: Figures, backends: tuple[str, ...]) -> list[Bar]:
@@ -335,12 +340,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--repeat", type=positive, default=2, help="runs of each figure, at least 2")
     add("--backends", default=",".join(BACKENDS), help="comma-separated, of torch and onnx")
     args = parser.parse_args(argv)
-    if args.repeat < 2:
-        parser.error("--repeat must be at least 2, to show a spread")
+    check_repeat(parser, args)
     args.backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if not args.backends or set(args.backends) - set(BACKENDS):
         parser.error(f"--backends: some of {', '.join(BACKENDS)}")
     return args
+
+
+def header(args: argparse.Namespace, docs: int, pieces: int) -> dict[str, object]:
+    """Print what is measured where; return it for the JSON file."""
+    print(
+        f"{docs} documents from {args.corpus} -> {pieces} chunks of at most "
+        f"{args.max_tokens} tokens; {args.repeat} repeats; {os.cpu_count()} cores shared by "
+        f"the raw model, the API, the worker and this client; load average "
+        f"{os.getloadavg()[0]:.1f}. Raw first.",
+        flush=True,
+    )
+    return {
+        "started": datetime.now().isoformat(timespec="seconds"),
+        "corpus": str(args.corpus), "documents": docs, "chunks": pieces,
+        "chunking": {"max_tokens": args.max_tokens, "overlap_tokens": 0},
+        "repeat": args.repeat, "backends": args.backends, "service_env": MANY_CLIENTS_ENV,
+        "worker": WORKER, "cpu_cores": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+    }  # fmt: skip
+
+
+def report_lines(args: argparse.Namespace, out: Measured, pieces: int) -> list[str]:
+    """The table, the job results against raw and the worker's batches."""
+    lines = ["", *table(out.figures, rows(args.backends)), "", *others_note(), ""]
+    lines.append("job results against the raw chunks and vectors")
+    for backend in args.backends:
+        if (found := out.notes.get(f"results_{backend}")) is not None:
+            lines.append(f"  {backend:<5} {results_line(found, pieces)}")
+    return [*lines, "", *out.batches.lines()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,50 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     docs = load_docs(args.corpus, args.limit)
     pieces = chunk_docs(docs, args.max_tokens, 0)
-    config = {
-        "started": datetime.now().isoformat(timespec="seconds"),
-        "corpus": str(args.corpus), "documents": len(docs), "chunks": len(pieces),
-        "chunking": {"max_tokens": args.max_tokens, "overlap_tokens": 0},
-        "repeat": args.repeat, "backends": args.backends, "service_env": SERVICE_ENV,
-        "worker": WORKER, "cpu_cores": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
-    }  # fmt: skip
-    print(
-        f"{len(docs)} documents from {args.corpus} -> {len(pieces)} chunks of at most "
-        f"{args.max_tokens} tokens; {args.repeat} repeats; {os.cpu_count()} cores shared by "
-        f"the raw model, the API, the worker and this client; load average "
-        f"{os.getloadavg()[0]:.1f}. Raw first.",
-        flush=True,
-    )
-    figures, batches, notes = Figures(), BatchLog(), {}
-    reference = measure_raw(len(docs), pieces, args.repeat, figures)
+    config = header(args, len(docs), len(pieces))
+    out = Measured(Figures(), BatchLog(), {})
+    reference = measure_raw(len(docs), pieces, args.repeat, out.figures)
     gc.collect()
-    run_service(args, docs, pieces, reference, figures, batches, notes)
-    results = bars(figures, args.backends)
-    print("\n" + "\n".join([*table(figures, rows(args.backends)), "", *OTHERS_NOTE]))
-    print("\njob results against the raw chunks and vectors")
-    for backend in args.backends:
-        if (found := notes.get(f"results_{backend}")) is not None:
-            print(f"  {backend:<5} {results_line(found, len(pieces))}")
-    print("\nbatches the worker formed, per scenario (texts/pass: the size_le_ buckets)")
-    print("\n".join("  " + line for line in batches.lines()))
-    print("\n" + "\n".join(bar_lines(results)))
-    comparisons = [
-        {"service": key, "raw": raw, "ratio": ratio(figures, key, raw)}
-        for key, raw in rows(args.backends)
-        if raw and key in figures
-    ]
-    path = write_json("indexing", {
-        "config": config, "figures": figures_dict(figures), "comparisons": comparisons,
-        "batches": batches.as_dict(), "notes": notes, "bars": results,
-    })  # fmt: skip
-    print(f"\nwritten to {path.relative_to(ROOT)}")
-    return verdict(results)
+    run_service(args, docs, pieces, reference, out)
+    print("\n".join(report_lines(args, out, len(pieces))))
+    data = {"config": config, "figures": out.figures.as_dict(),
+            "comparisons": comparisons(out.figures, rows(args.backends)),
+            "batches": out.batches.as_dict(), "notes": out.notes}  # fmt: skip
+    return finish("indexing", data, bars(out.figures, args.backends))
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        sys.exit(130)
+    run(main)

@@ -9,7 +9,8 @@ rate limits are raised for the run (every user calls from 127.0.0.1).
 
 Prints p50/p95/p99 per route, the 5xx count, the jobs accepted and how many of them
 reached succeeded, and the API's memory (gunicorn master + workers RSS) after the warm-up
-and at the end. Exits 1 when a bar fails: any 5xx, any accepted job that does not
+and at the end. Writes bench/results/load-<timestamp>.json; exits 1 when a bar fails: any
+5xx (or request without an answer), no job accepted, any accepted job that does not
 succeed, or API memory at the end more than 10% above the warm figure.
 """
 
@@ -23,13 +24,13 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import gevent
 import requests
@@ -37,7 +38,12 @@ from locust import between, events, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
-ROOT = Path(__file__).resolve().parent.parent
+# Plain modules: imported after locust's patching, as everything else.
+from local_stack import RAISED_LIMITS, unreserved_port
+from machine import children_of, tree_rss_mib
+from report import Bar, at_least, at_most, finish
+from suite import ROOT, positive, run
+
 EMBEDDINGS = ROOT / ".venv" / "bin" / "embeddings"
 READY_TIMEOUT_S = 240.0
 JOB_TIMEOUT_S = 180.0
@@ -134,31 +140,11 @@ class ServiceUser(FastHttpUser):
 # ---------------------------------------------------------------- the service
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def children(pid: int) -> list[int]:
-    found: list[int] = []
-    for thread in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (thread / "children").read_text().split()]
-    return found
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
 def api_rss_mib(launcher: int) -> float:
     """The gunicorn master and its workers, summed."""
-    master = next(p for p in children(launcher)
+    master = next(p for p in children_of(launcher)
                   if b"gunicorn" in Path(f"/proc/{p}/cmdline").read_bytes())  # fmt: skip
-    return sum(rss_kib(p) for p in [master, *children(master)]) / 1024
+    return tree_rss_mib(master)
 
 
 class Service:
@@ -166,7 +152,7 @@ class Service:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="embeddings-load-"))
-        self.port = free_port()
+        self.port = unreserved_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = self.dir / "up.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -174,9 +160,9 @@ class Service:
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded one
         env |= {"PORT": str(self.port), "HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1"}
-        # Every user calls from 127.0.0.1: one rate-limit bucket, raised for the run.
-        env |= {"RATE_LIMIT_REQUESTS_PER_MINUTE": "10000000", "RATE_LIMIT_BURST": "1000000"}
-        cmd = [str(EMBEDDINGS), "up", "--flower-port", str(free_port()), "--run-dir", str(self.dir)]
+        env |= RAISED_LIMITS  # every user calls from 127.0.0.1: one rate-limit bucket
+        flower = str(unreserved_port())
+        cmd = [str(EMBEDDINGS), "up", "--flower-port", flower, "--run-dir", str(self.dir)]
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
@@ -186,6 +172,13 @@ class Service:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"embeddings up did not get ready:\n{self.tail()}")
             time.sleep(0.5)
+
+    @property
+    def pid(self) -> int:
+        """The launcher's."""
+        if self.process is None:
+            raise RuntimeError("the service is not started")
+        return self.process.pid
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -216,83 +209,151 @@ def finish_jobs(url: str) -> None:
             time.sleep(0.5)
 
 
-def report(env: Environment, seconds: float, rss: tuple[float, float]) -> list[str]:
-    print(
-        f"\n{'route':42} {'count':>6} {'fail':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}  (ms)"
-    )
+def route_lines(env: Environment, seconds: float) -> list[str]:
+    """p50/p95/p99/max per route, the total and locust's errors."""
+    head = f"{'route':42} {'count':>6} {'fail':>5} {'p50':>7} {'p95':>7} {'p99':>7} {'max':>7}"
+    lines = [f"{head}  (ms)"]
     for name, entry in sorted(env.stats.entries.items()):
         p = entry.get_response_time_percentile
         times = f"{p(0.5):7.0f} {p(0.95):7.0f} {p(0.99):7.0f} {entry.max_response_time:7.0f}"
-        print(f"{name[1]:>6} {name[0][:35]:35} {entry.num_requests:6d} {entry.num_failures:5d} "
-              f"{times}")  # fmt: skip
+        lines.append(f"{name[1]:>6} {name[0][:35]:35} {entry.num_requests:6d} "
+                     f"{entry.num_failures:5d} {times}")  # fmt: skip
     total = env.stats.total
-    print(f"{'all':42} {total.num_requests:6d} {total.num_failures:5d}  "
-          f"{total.num_requests / seconds:.1f} requests/s")  # fmt: skip
+    lines.append(f"{'all':42} {total.num_requests:6d} {total.num_failures:5d}  "
+                 f"{total.num_requests / seconds:.1f} requests/s")  # fmt: skip
     for error in env.stats.errors.values():
-        print(f"  error x{error.occurrences}: {error.method} {error.name}: {error.error}")
-    server_errors = sum(n for s, n in STATUSES.items() if s >= 500)
-    no_answer = STATUSES.get(0, 0)
-    kinds = Counter(ACCEPTED.values())
-    outcomes = Counter(FINISHED.get(u, "unfinished") for u in ACCEPTED)
-    lost = sum(n for status, n in outcomes.items() if status != "succeeded")
-    print(f"\nstatus codes: {dict(sorted(STATUSES.items()))} (0: no answer)")
-    print(f"jobs accepted: {dict(kinds)}; outcomes: {dict(outcomes)}")
+        lines.append(f"  error x{error.occurrences}: {error.method} {error.name}: {error.error}")
+    return lines
+
+
+def routes(env: Environment, seconds: float) -> dict[str, object]:
+    """The route table's figures, for the JSON file."""
+    out: dict[str, object] = {}
+    for (name, method), entry in sorted(env.stats.entries.items()):
+        p = entry.get_response_time_percentile
+        out[f"{method} {name}"] = {
+            "requests": entry.num_requests, "failures": entry.num_failures,
+            "p50_ms": p(0.5), "p95_ms": p(0.95), "p99_ms": p(0.99),
+            "max_ms": entry.max_response_time,
+        }  # fmt: skip
+    total = env.stats.total
+    out["all"] = {"requests": total.num_requests, "failures": total.num_failures,
+                  "requests_per_second": total.num_requests / seconds}  # fmt: skip
+    return out
+
+
+def jobs() -> tuple[Counter[str], Counter[str]]:
+    """The jobs accepted, by kind, and their outcomes."""
+    return Counter(ACCEPTED.values()), Counter(FINISHED.get(u, "unfinished") for u in ACCEPTED)
+
+
+def outcome_lines(rss: tuple[float, float]) -> list[str]:
+    """Status codes, jobs and their outcomes, and the API's memory."""
+    kinds, outcomes = jobs()
     warm, end = rss
-    print(f"API memory (gunicorn master + workers RSS): {warm:.0f} MiB after the warm-up, "
-          f"{end:.0f} MiB at the end ({end / warm - 1:+.1%})")  # fmt: skip
-    failed = []
-    if server_errors or no_answer:
-        failed.append(f"{server_errors} 5xx answers, {no_answer} requests without an answer")
-    if lost or not ACCEPTED:
-        failed.append(f"{lost} of {len(ACCEPTED)} accepted jobs did not succeed")
-    if end > warm * MEMORY_BAR:
-        failed.append(f"API memory grew {end / warm - 1:.1%} (bar: {MEMORY_BAR - 1:.0%})")
-    return failed
+    return [
+        f"status codes: {dict(sorted(STATUSES.items()))} (0: no answer)",
+        f"jobs accepted: {dict(kinds)}; outcomes: {dict(outcomes)}",
+        f"API memory (gunicorn master + workers RSS): {warm:.0f} MiB after the warm-up, "
+        f"{end:.0f} MiB at the end ({end / warm - 1:+.1%})",
+    ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def bars(rss: tuple[float, float]) -> list[Bar]:
+    """No 5xx and no request without an answer; jobs accepted, and every one succeeded;
+    API memory at the end at most 10% above the warm figure."""
+    server_errors = sum(n for s, n in STATUSES.items() if s >= 500)
+    lost = sum(1 for url in ACCEPTED if FINISHED.get(url) != "succeeded")
+    warm, end = rss
+    growth = f"API memory at the end <= warm + {MEMORY_BAR - 1:.0%}"
+    return [
+        at_most("5xx answers", server_errors, 0, ""),
+        at_most("requests without an answer", STATUSES.get(0, 0), 0, ""),
+        at_least("jobs accepted", len(ACCEPTED), 1, ""),
+        at_most(f"accepted jobs that did not succeed (of {len(ACCEPTED)})", lost, 0, ""),
+        at_most(growth, 100 * (end / warm - 1), 100 * (MEMORY_BAR - 1), "%"),
+    ]
+
+
+def prime_cache(url: str) -> None:
+    """The cached repeats' first sight."""
+    with requests.Session() as session:
+        for sentence in CACHED:
+            session.post(f"{url}/api/v1/embeddings", json={"input": sentence}, timeout=60)
+
+
+def run_load(
+    service: Service, args: argparse.Namespace
+) -> tuple[Environment, float, tuple[float, float]]:
+    """Warm-up, then the measured run; (locust's environment, seconds, API RSS warm and
+    at the end)."""
+    launcher = service.pid
+    env = Environment(user_classes=[ServiceUser], host=service.url, events=events)
+    runner = env.create_local_runner()
+    runner.start(args.users, spawn_rate=args.users)
+    print(f"warm-up: {args.users} users for {args.warmup:g} s ...", flush=True)
+    gevent.sleep(args.warmup)
+    warm = api_rss_mib(launcher)
+    env.stats.reset_all()  # timings of the measured run only; status codes of all
+    print(f"measured run: {args.users} users for {args.seconds:g} s ...", flush=True)
+    started = time.monotonic()
+    gevent.sleep(args.seconds)
+    end = api_rss_mib(launcher)
+    elapsed = time.monotonic() - started
+    runner.quit()
+    finish_jobs(service.url)
+    return env, elapsed, (warm, end)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=32)
+    parser.add_argument("--users", type=positive, default=32)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0)
-    args = parser.parse_args(argv)
-    service = Service()
+    return parser.parse_args(argv)
+
+
+def measure(service: Service, args: argparse.Namespace) -> dict[str, Any]:
+    """Start the service, run the load, stop it; the figures for the JSON file."""
     print(f"starting embeddings up (log: {service.log}) ...", flush=True)
     try:
         service.start()
         shown = ("redis ", "api ", "flower ", "ready.")
         lines = service.log.read_text(errors="replace").splitlines()
         print("\n".join(x for x in lines if x.startswith(shown)), flush=True)
-        session = requests.Session()
-        for sentence in CACHED:  # the cached repeats' first sight
-            session.post(f"{service.url}/api/v1/embeddings", json={"input": sentence}, timeout=60)
-        env = Environment(user_classes=[ServiceUser], host=service.url, events=events)
-        runner = env.create_local_runner()
-        runner.start(args.users, spawn_rate=args.users)
-        print(f"warm-up: {args.users} users for {args.warmup:g} s ...", flush=True)
-        gevent.sleep(args.warmup)
-        warm = api_rss_mib(service.process.pid)  # type: ignore[union-attr]
-        env.stats.reset_all()  # timings of the measured run only; status codes of all
-        print(f"measured run: {args.users} users for {args.seconds:g} s ...", flush=True)
-        started = time.monotonic()
-        gevent.sleep(args.seconds)
-        end = api_rss_mib(service.process.pid)  # type: ignore[union-attr]
-        elapsed = time.monotonic() - started
-        runner.quit()
-        finish_jobs(service.url)
-        failed = report(env, elapsed, (warm, end))
+        prime_cache(service.url)
+        env, elapsed, rss = run_load(service, args)
+        print("\n" + "\n".join(route_lines(env, elapsed)))
+        print("\n" + "\n".join(outcome_lines(rss)))
     finally:
         code = service.stop()
         print(f"embeddings up stopped (exit {code})")
-    for line in failed:
-        print(f"FAILED: {line}")
-    if failed:
+    kinds, outcomes = jobs()
+    return {
+        "routes": routes(env, elapsed),
+        "statuses": {str(status): n for status, n in sorted(STATUSES.items())},
+        "jobs_accepted": dict(kinds),
+        "job_outcomes": dict(outcomes),
+        "api_rss_mib": {"warm": rss[0], "end": rss[1]},
+        "measured_seconds": elapsed,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = {"started": datetime.now().isoformat(timespec="seconds"), "users": args.users,
+              "seconds": args.seconds, "warmup_seconds": args.warmup,
+              "cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()}  # fmt: skip
+    service = Service()
+    found = measure(service, args)
+    rss = (found["api_rss_mib"]["warm"], found["api_rss_mib"]["end"])
+    code = finish("load", {"config": config, **found}, bars(rss))
+    if code:
         print(f"the service's logs stay in {service.dir}")
-        return 1
-    shutil.rmtree(service.dir, ignore_errors=True)
-    print("all bars met")
-    return 0
+    else:
+        shutil.rmtree(service.dir, ignore_errors=True)
+    return code
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

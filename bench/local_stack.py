@@ -1,25 +1,52 @@
 """The service started the way the launcher starts it (Redis, gunicorn, one CPU worker),
-on free ports that are not the machine's own 6379 and 3010."""
+on free ports that are not the machine's own 6379 and 3010, for every suite that starts
+one: the benchmarked model, the worker's backend, its batch counters.
+
+The API and the worker run in sessions of their own and Redis starts with SIGINT blocked,
+so Ctrl-C reaches only the bench, which stops them in order.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+import tomllib
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+import redis
 import requests
 
 from cli.redis_server import RedisServer, free_port
+from common import keys
+from common.registry import BUILTIN_MODELS_FILE, ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 RESERVED_PORTS = {6379, 3010}
 READY_TIMEOUT_S = 180.0
+WORKER_START_TIMEOUT_S = 900.0  # the first onnx start exports the model
 STOP_TIMEOUT_S = 30.0
+MODEL = "all-MiniLM-L6-v2"
+API = "gunicorn -c api/gunicorn_conf.py api.wsgi:app"
+WORKER = "celery -A workers.celery_app worker -Q cpu --pool threads --concurrency 16"
+RAISED_LIMITS = {
+    # Every request still passes the limiter; none is refused, though all come from 127.0.0.1.
+    "RATE_LIMIT_REQUESTS_PER_MINUTE": str(10**9),
+    "RATE_LIMIT_BURST": str(10**9),
+}
+MANY_CLIENTS_ENV = {
+    # For many concurrent clients: two gunicorn processes and 200 sync slots.
+    "WEB_CONCURRENCY": "2",
+    "MAX_CONCURRENT_REQUESTS": "200",
+    **RAISED_LIMITS,
+}
 
 
 def unreserved_port() -> int:
@@ -44,35 +71,102 @@ def wait_healthy(base: str, children: Sequence[subprocess.Popen[bytes]] = ()) ->
     raise TimeoutError(f"{base}/health did not say ok within {READY_TIMEOUT_S:g}s")
 
 
-class LocalService:
-    """Context manager: Redis, the API and a worker in a temporary directory, then stopped."""
+def model_entry() -> dict[str, Any]:
+    """The model's table in the built-in registry (common/models.toml)."""
+    return dict(tomllib.loads(BUILTIN_MODELS_FILE.read_text())["models"][MODEL])
 
-    def __init__(self) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="embeddings-bench-")
+
+def model_spec() -> ModelSpec:
+    return ModelSpec(name=MODEL, **model_entry())
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))
+
+
+def write_models_file(path: Path, backend: str) -> Path:
+    """A registry of only the model's entry, copied, with `backend` set."""
+    lines = ["# written by bench/local_stack.py", f'[models."{MODEL}"]']
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (model_entry() | {"backend": backend}).items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _terminate(children: Sequence[subprocess.Popen[bytes] | None]) -> None:
+    """SIGTERM each running child, then wait for each; kill what outlives the timeout."""
+    running = [child for child in children if child and child.poll() is None]
+    for child in running:
+        child.send_signal(signal.SIGTERM)
+    for child in running:
+        try:
+            child.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+class LocalService:
+    """Context manager: Redis, the API and a worker in a temporary directory, then stopped.
+
+    `env` is added to the service's environment (default: RAISED_LIMITS). With a `backend`,
+    the worker gets MODELS_FILE naming a copy of the model's registry entry with that
+    backend, and restart_worker starts one of another; without, the built-in registry.
+    """
+
+    def __init__(
+        self,
+        label: str = "bench",
+        backend: str | None = None,
+        env: Mapping[str, str] = RAISED_LIMITS,
+    ) -> None:
+        self.label = label
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"embeddings-{label}-")
         self.dir = Path(self._tmp.name)
         self.port = unreserved_port()
         self.redis = RedisServer(data_dir=self.dir / "redis", port=unreserved_port(), persist=False)
         self.api: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
+        self.backend = backend
+        self.extra_env = dict(env)
+        self.env: dict[str, str] = {}
+        self._starts = 0
+        self._client: redis.Redis | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def api_pid(self) -> int:
+        """The gunicorn master's."""
+        if self.api is None:
+            raise RuntimeError("the service is not started")
+        return self.api.pid
+
+    @property
+    def worker_pid(self) -> int:
+        if self.worker is None:
+            raise RuntimeError("the service is not started")
+        return self.worker.pid
+
+    @property
     def pids(self) -> tuple[int, int]:
         """The gunicorn master's and the Celery worker's."""
-        if not (self.api and self.worker):
-            raise RuntimeError("the service is not started")
-        return self.api.pid, self.worker.pid
+        return self.api_pid, self.worker_pid
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", *args]
-        # A session of its own: Ctrl-C reaches the bench, which stops the service in order.
-        with (self.dir / f"{name}.log").open("wb") as log:
-            return subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    @property
+    def client(self) -> redis.Redis:
+        """A client of the service's Redis."""
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.redis.url)
+        return self._client
+
+    def describe(self) -> str:
+        return f"service at {self.url}, redis at {self.redis.url}, logs in {self.dir}"
 
     def __enter__(self) -> LocalService:
         try:
@@ -82,36 +176,71 @@ class LocalService:
             raise
         return self
 
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        # A session of its own: Ctrl-C reaches the bench, which stops the service in order.
+        with (self.dir / f"{name}.log").open("wb") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", *command],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
     def _start(self) -> None:
-        # redis-server shares our process group: it inherits SIGINT blocked, so Ctrl-C
-        # cannot take it away before the API and the worker are stopped.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self.redis.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        env = dict(
+        self.redis.start()  # in a session of its own: Ctrl-C reaches the bench, not Redis
+        self.env = dict(
             os.environ,
             PORT=str(self.port),
             HOST="127.0.0.1",
             REDIS_URL=self.redis.url,
             HF_HUB_OFFLINE="1",
             PYTHONUNBUFFERED="1",
-            # Every request still passes the limiter; none is refused: all come from 127.0.0.1.
-            RATE_LIMIT_REQUESTS_PER_MINUTE=str(10**9),
-            RATE_LIMIT_BURST=str(10**9),
+            **self.extra_env,
         )
-        self.api = self._spawn(
-            "api", ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"], env
-        )
-        self.worker = self._spawn("worker", [
-            "celery", "-A", "workers.celery_app", "worker", "-Q", "cpu", "--pool", "threads",
-            "--concurrency", "16", "-n", "bench-cpu@%h", "--loglevel", "warning",
-        ], env)  # fmt: skip
+        self.api = self._spawn("api", API.split(), self.env)
+        self._start_worker(self.backend)
         try:
-            wait_healthy(self.url, [self.api, self.worker])
+            wait_healthy(self.url, [p for p in (self.api, self.worker) if p])
         except (RuntimeError, TimeoutError) as error:
             raise RuntimeError(f"{error}\n{self.log_tails()}") from None
+
+    def _start_worker(self, backend: str | None) -> float:
+        """Start a worker (of `backend`); seconds until its heartbeat names the model."""
+        self._starts += 1
+        name = f"worker-{backend or 'cpu'}-{self._starts}"
+        env = self.env
+        if backend:
+            models = write_models_file(self.dir / f"models-{backend}.toml", backend)
+            env = env | {"MODELS_FILE": str(models)}
+        node = f"{self.label}-{backend or 'cpu'}-{self._starts}@%h"
+        started = time.monotonic()
+        self.worker = self._spawn(name, [*WORKER.split(), "-n", node, "--loglevel", "warning"], env)
+        self.backend = backend
+        self._await_model(self.worker, started + WORKER_START_TIMEOUT_S)
+        return time.monotonic() - started
+
+    def _await_model(self, worker: subprocess.Popen[bytes], deadline: float) -> None:
+        """Until the worker's heartbeat (common/presence.py) names the model."""
+        while time.monotonic() < deadline:
+            if worker.poll() is not None or (self.api and self.api.poll() is not None):
+                raise RuntimeError(f"a service process exited at start\n{self.log_tails()}")
+            for raw in self.client.hvals(keys.WORKERS):
+                info = json.loads(raw)
+                if info.get("pid") == worker.pid and MODEL in info.get("models", []):
+                    return
+            time.sleep(0.25)
+        raise TimeoutError(f"the worker did not load {MODEL}\n{self.log_tails()}")
+
+    def restart_worker(self, backend: str) -> float:
+        """Stop the worker, start one of `backend`; seconds until it has the model."""
+        _terminate([self.worker])
+        self.worker = None
+        return self._start_worker(backend)
 
     def log_tails(self, lines: int = 20) -> str:
         out = []
@@ -120,19 +249,18 @@ class LocalService:
             out.append(f"--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
         return "\n".join(out)
 
+    def reset_batches(self) -> None:
+        """Clear the worker's batch counters (workers/stats.py)."""
+        self.client.delete(keys.batch_stats(MODEL))
+
+    def read_batches(self) -> Counter[str]:
+        raw = self.client.hgetall(keys.batch_stats(MODEL))
+        return Counter({k.decode(): float(v) for k, v in raw.items()})
+
     def stop(self) -> None:
-        """SIGTERM the API and the worker, kill what outlives the timeout, then Redis."""
-        children = [p for p in (self.api, self.worker) if p and p.poll() is None]
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        """SIGTERM the worker and the API (kill what outlives the timeout), then Redis."""
+        _terminate([self.worker, self.api])
+        if self._client is not None:
+            self._client.close()
         self.redis.stop()
         self._tmp.cleanup()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -8,6 +8,7 @@ the `others` figure makes it visible.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -36,6 +37,16 @@ def children_of(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found.update(int(child) for child in (task / "children").read_text().split())
     return sorted(found)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """VmRSS of a process and its direct children (a gunicorn master and its workers),
+    summed, MiB; a child that has just exited counts 0."""
+    size = 0.0
+    for member in [pid, *children_of(pid)]:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            size += rss_mib(member)
+    return size
 
 
 def _own_ticks(root: int) -> int:
