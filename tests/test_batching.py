@@ -19,14 +19,28 @@ from tests.conftest import MODEL
 from workers.batcher import Batcher, PassStats, plan_passes
 
 
+def padded(lengths: list[int], passes: list[list[int]]) -> int:
+    return sum(max(lengths[i] for i in p) * len(p) for p in passes)
+
+
 def test_passes_are_length_sorted_and_bounded() -> None:
     lengths = [5, 50, 7, 48, 6, 49, 200]
-    passes = plan_passes(lengths, batch_size=3, max_tokens=160)
+    passes = plan_passes(lengths, batch_size=3, max_tokens=160, overhead_tokens=32)
     assert sorted(i for p in passes for i in p) == list(range(7))
     assert passes[0] == [6]  # 200 tokens alone: two of them would pass the budget
     assert passes[1] == [1, 5, 3]  # the 50s together, not with the 5s
     assert all(len(p) <= 3 for p in passes)
     assert all(max(lengths[i] for i in p) * len(p) <= 160 for p in passes[1:])
+
+
+def test_one_long_text_does_not_pad_a_pass_of_short_ones() -> None:
+    lengths = [256] + [20] * 31 + [18] * 32
+    cheap = plan_passes(lengths, batch_size=32, max_tokens=16_384, overhead_tokens=32)
+    assert cheap[0] == [0]  # alone, not padding 31 texts of 20 tokens to 256
+    assert padded(lengths, cheap) < 1.1 * sum(lengths)
+    full = plan_passes(lengths, batch_size=32, max_tokens=16_384, overhead_tokens=100_000)
+    assert [len(p) for p in full] == [32, 32]  # launch-bound: full passes
+    assert padded(lengths, full) > 4 * sum(lengths)
 
 
 class CountingEncoder:
@@ -49,7 +63,10 @@ class CountingEncoder:
 def test_batcher_merges_requests_dedups_and_returns_each_its_rows() -> None:
     encoder = CountingEncoder()
     passes: list[PassStats] = []
-    batcher = Batcher(encoder, batch_size=64, max_tokens=10_000, wait_s=0.05, on_pass=passes.append)
+    # A pass costs the stand-in the same whatever its texts: one pass for all that waits.
+    batcher = Batcher(
+        encoder, 64, 10_000, wait_s=0.05, overhead_tokens=10_000, on_pass=passes.append
+    )
     first = batcher.submit(["warm"], [1])
     assert encoder.busy.wait(5)  # the model is busy with "warm" while the rest queue up
     requests = [["a" * (i + 1), "same", "b" * (i + 2)] for i in range(10)]
@@ -73,7 +90,7 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
 
     encoder = Flaky()
     encoder.gate.set()
-    batcher = Batcher(encoder, batch_size=8, max_tokens=100, wait_s=0)
+    batcher = Batcher(encoder, batch_size=8, max_tokens=100, wait_s=0, overhead_tokens=48)
     with pytest.raises(RuntimeError):
         batcher.submit(["boom"], [1]).result(5)
     assert batcher.submit(["fine"], [1]).result(5).shape == (1, 2)

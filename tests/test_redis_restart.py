@@ -147,7 +147,7 @@ def test_batch_figures_failing_never_stop_the_model_thread() -> None:
     def redis_down(_: object) -> None:
         raise redis.ConnectionError("Redis is away")
 
-    batcher = Batcher(_Encoder(), batch_size=8, max_tokens=1000, wait_s=0,
+    batcher = Batcher(_Encoder(), batch_size=8, max_tokens=1000, wait_s=0, overhead_tokens=48,
                       on_pass=redis_down, on_collection=redis_down)  # fmt: skip
     for _ in range(3):
         assert batcher.submit(["a", "b"], [1, 1]).result(timeout=5).shape == (2, 4)

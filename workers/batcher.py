@@ -3,10 +3,10 @@
 Task threads submit their texts with token counts and wait on a future. One model thread
 takes whatever is queued when it is free (waiting at most `wait_s` after the first item
 for more), up to a token budget; embeds each distinct text once; sorts the texts by
-length and cuts them into passes of at most `batch_size` texts and `max_tokens` padded
-tokens; then gives each submitter its own rows in its own order. While the model is busy
-new requests pile up, so batches grow with load and an idle model adds no wait beyond
-`wait_s`.
+length and cuts them into the passes of least padded cost (`plan_passes`), of at most
+`batch_size` texts and `max_tokens` padded tokens each; then gives each submitter its own
+rows in its own order. While the model is busy new requests pile up, so batches grow with
+load and an idle model adds no wait beyond `wait_s`.
 """
 
 from __future__ import annotations
@@ -53,20 +53,35 @@ class CollectionStats:
     distinct: int
 
 
-def plan_passes(lengths: list[int], batch_size: int, max_tokens: int) -> list[list[int]]:
-    """Indices grouped into passes, longest first, so each pass pads little."""
+def plan_passes(
+    lengths: list[int], batch_size: int, max_tokens: int, overhead_tokens: int
+) -> list[list[int]]:
+    """Indices grouped into passes, longest first, at the least padded cost.
+
+    A pass of n texts padded to its longest, L tokens, costs about `overhead_tokens + n * L`
+    token-steps (the fixed cost of one call, then the padded matrix). Over the texts sorted
+    by length, a dynamic program picks the cut points with the least total cost under the
+    limits of `batch_size` texts and `max_tokens` padded tokens a pass: one long text no
+    longer pads a whole pass of short ones. With `overhead_tokens=0` every distinct length
+    would run alone; a large one (launch-bound GPUs) keeps passes full.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    size = len(order)
+    best = [0.0] + [float("inf")] * size  # best[j]: least cost of the first j sorted texts
+    cut = [0] * (size + 1)  # the pass that ends at j starts at cut[j]
+    for start in range(size):
+        longest = lengths[order[start]]
+        most = min(batch_size, max(1, max_tokens // max(longest, 1)))
+        for end in range(start + 1, min(start + most, size) + 1):
+            cost = best[start] + overhead_tokens + (end - start) * longest
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
     passes: list[list[int]] = []
-    current: list[int] = []
-    for i in order:
-        longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) >= batch_size or longest * (len(current) + 1) > max_tokens):
-            passes.append(current)
-            current = []
-        current.append(i)
-    if current:
-        passes.append(current)
-    return passes
+    end = size
+    while end:
+        passes.append(order[cut[end] : end])
+        end = cut[end]
+    return passes[::-1]
 
 
 def _record(hook: Callable[[Any], None], stats: PassStats | CollectionStats) -> None:
@@ -85,6 +100,7 @@ class Batcher:
         batch_size: int,
         max_tokens: int,
         wait_s: float,
+        overhead_tokens: int,
         on_pass: Callable[[PassStats], None] = lambda _: None,
         on_collection: Callable[[CollectionStats], None] = lambda _: None,
     ) -> None:
@@ -92,6 +108,7 @@ class Batcher:
         self.batch_size = batch_size
         self.max_tokens = max_tokens
         self.wait_s = wait_s
+        self.overhead_tokens = overhead_tokens
         self.on_pass = on_pass
         self.on_collection = on_collection
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
@@ -123,7 +140,7 @@ class Batcher:
 
     def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:
         rows: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for indices in plan_passes(lengths, self.batch_size, self.max_tokens):
+        for indices in plan_passes(lengths, self.batch_size, self.max_tokens, self.overhead_tokens):
             started = time.perf_counter()
             matrix = self.encoder.embed([texts[i] for i in indices])
             seconds = time.perf_counter() - started

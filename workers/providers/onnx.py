@@ -207,11 +207,14 @@ def load_tokenizer(spec: ModelSpec, max_tokens: int) -> Tokenizer:
 
 
 def open_session(path: Path) -> InferenceSession:
-    """A CPU InferenceSession on every core, with all graph optimizations."""
+    """A CPU InferenceSession on every core, with all graph optimizations. Its threads
+    sleep between passes instead of spinning: they share the cores with the worker's own
+    threads (and, on small machines, the API), which spinning would starve."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
