@@ -172,11 +172,12 @@ class RedisCollector(Collector):
         up = GaugeMetricFamily("embedding_redis_up", "1 when Redis answered this scrape.")
         try:
             with self.svc.redis.pipeline(transaction=False) as pipe:
+                self.svc.cache.send_unsent_hits(pipe)  # before the figures are read
                 for queue in QueueName:
                     pipe.llen(queue.value)
                 pipe.hgetall(keys.JOB_STATS)
                 pipe.hgetall(keys.CACHE_STATS)
-                *depths, jobs, cache = pipe.execute()
+                *depths, jobs, cache = pipe.execute()[-(len(QueueName) + 2) :]
             workers = self.svc.workers()
         except redis.RedisError:
             up.add_metric([], 0)

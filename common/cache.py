@@ -51,9 +51,15 @@ class EmbeddingCache:
         )
         self._lock = threading.Lock()
         self._lookup = client.register_script(_LOOKUP)
+        self._unsent_hits = 0
 
     def generations(self, model: str) -> tuple[int, int]:
-        values = self.redis.mget([keys.CACHE_GENERATION, keys.cache_model_generation(model)])
+        """The global and the model's generation; the hits counted since the last call
+        travel in the same round trip (a cache hit then costs one Redis call, not two)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([keys.CACHE_GENERATION, keys.cache_model_generation(model)])
+            self.send_unsent_hits(pipe)
+            values = pipe.execute()[0]
         return int(values[0] or 0), int(values[1] or 0)
 
     def keys_for(self, spec: ModelSpec, options: EmbedOptions, texts: Sequence[str]) -> list[str]:
@@ -92,7 +98,16 @@ class EmbeddingCache:
         return len(self._local) if self._local is not None else 0
 
     def count_hits(self, hits: int) -> None:
-        self.redis.hincrby(keys.CACHE_STATS, "hits", hits)
+        """Hits answered from this process's LRU: sent with its next lookup or stats()."""
+        with self._lock:
+            self._unsent_hits += hits
+
+    def send_unsent_hits(self, pipe: redis.client.Pipeline) -> None:
+        """Add the hits not yet in Redis to `pipe` (before it reads the figures)."""
+        with self._lock:
+            hits, self._unsent_hits = self._unsent_hits, 0
+        if hits:
+            pipe.hincrby(keys.CACHE_STATS, "hits", hits)
 
     def remember(self, entry_keys: list[str], packed: Sequence[bytes | None]) -> None:
         """Keep vectors in this process's LRU."""
@@ -120,7 +135,10 @@ class EmbeddingCache:
         return generation
 
     def stats(self) -> dict[str, float | int]:
-        raw = self.redis.hgetall(keys.CACHE_STATS)
+        with self.redis.pipeline(transaction=False) as pipe:
+            self.send_unsent_hits(pipe)
+            pipe.hgetall(keys.CACHE_STATS)
+            raw = pipe.execute()[-1]
         hits, misses = int(raw.get(b"hits", 0)), int(raw.get(b"misses", 0))
         return {
             "entries": len(self._local) if self._local is not None else 0,

@@ -203,13 +203,16 @@ def gunicorn_config(log_level: str, rust_log: str | None = None) -> dict[str, ob
     """A dictConfig for gunicorn's `logconfig_dict`: its own loggers as JSON lines too."""
     root_level, targets = levels(log_level, rust_log)
     name = logging.getLevelName(root_level)
+    access = "INFO" if root_level <= logging.DEBUG else "WARNING"
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "root": {"level": name, "handlers": ["json"]},
         "loggers": {
             "gunicorn.error": {"level": name, "handlers": [], "propagate": True},
-            "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+            # Each request's line is api.access's (request id, route, model): gunicorn's
+            # own access line only at debug.
+            "gunicorn.access": {"level": access, "handlers": [], "propagate": True},
             **{logger: {"level": logging.getLevelName(level)} for logger, level in targets.items()},
         },
         "handlers": {"json": {"()": "common.logs.json_handler", "service": "api"}},
