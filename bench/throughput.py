@@ -7,15 +7,16 @@ threads): sequential single-text encode, encode in consecutive chunks of 32, enc
 whole list (batch_size 32). The raw model is released before the service starts.
 
 Then Redis (embedded), the API (gunicorn, WEB_CONCURRENCY=2) and one CPU worker
-(`--pool threads --concurrency 16`) on free ports, with generous rate limits, and:
+(`--pool threads --concurrency 16`, the backend the built-in registry gives the model) on
+free ports, with generous rate limits, and:
 
   - `--clients` (16) concurrent clients, one passage per request, `--singles` (800)
     requests (Cache-Control: no-store): texts/s, p50, p95;
   - `--chunk-clients` (4) concurrent clients, 32 passages per request, over all passages;
   - all passages as ONE async job (POST /api/v1/jobs, polled every 20 ms, base64
-    answer) through the torch backend and, after a worker restart, the onnx backend (the
-    first onnx start exports the model into MODEL_CACHE_DIR, outside any timing), and the
-    lowest cosine between each job's vectors and the raw torch vectors;
+    answer) through that backend and, after a worker restart, the other of torch and onnx
+    (a first onnx start exports the model into MODEL_CACHE_DIR, outside any timing), and
+    the lowest cosine between each job's vectors and the raw torch vectors;
   - cache hits: one 32-text request, primed into the cache, repeated by wrk for
     `--wrk-seconds` at `--wrk-connections` (base64 answers, barred; float answers, shown);
   - the batches the worker really formed in each scenario (its Redis stats hash, reset
@@ -50,7 +51,7 @@ import raw_encode
 from batches import BatchLog
 from common import keys
 from http_load import check, in_threads, wait_succeeded
-from local_stack import MANY_CLIENTS_ENV, MODEL, WORKER, LocalService
+from local_stack import MANY_CLIENTS_ENV, MODEL, WORKER, LocalService, model_entry
 from machine import OthersCpu
 from report import (
     Bar,
@@ -339,30 +340,34 @@ class Scenarios:
         )
 
 
-def torch_rounds(
+def main_rounds(
     scenarios: Scenarios, texts: list[str], singles: list[str], hits: dict[str, CacheHits]
 ) -> None:
-    args = scenarios.args
+    """Every scenario, on the worker's first backend (the registry's)."""
+    args, backend = scenarios.args, scenarios.stack.backend
     one = ("singles", f"{args.clients} clients x 1 passage", (50, 95))
     many = ("chunks", f"{args.chunk_clients} clients x 32 passages", (50,))
     for number in range(1, args.repeat + 1):
-        print(f"service (torch worker), repeat {number}/{args.repeat}", flush=True)
+        print(f"service ({backend} worker), repeat {number}/{args.repeat}", flush=True)
         scenarios.clients([[text] for text in singles], args.clients, one)
         scenarios.clients(chunks(texts), args.chunk_clients, many)
-        scenarios.job(texts, "torch")
+        scenarios.job(texts, backend)  # type: ignore[arg-type]
         for fmt, hit in hits.items():
             scenarios.hits(fmt, hit)
 
 
-def onnx_rounds(scenarios: Scenarios, texts: list[str], notes: dict[str, Any]) -> None:
-    print("restarting the worker with backend onnx (first use exports the model)")
-    took = scenarios.stack.restart_worker("onnx")
-    notes["onnx_worker_start_seconds"] = took
-    print(f"onnx worker ready in {took:.1f} s; warm-up", flush=True)
+def other_backend_rounds(
+    scenarios: Scenarios, texts: list[str], backend: str, notes: dict[str, Any]
+) -> None:
+    """The async job again, after a restart of the worker with the other backend."""
+    print(f"restarting the worker with backend {backend} (a first onnx use exports the model)")
+    took = scenarios.stack.restart_worker(backend)
+    notes[f"{backend}_worker_start_seconds"] = took
+    print(f"{backend} worker ready in {took:.1f} s; warm-up", flush=True)
     warm_up(scenarios.stack.url, texts)
     for number in range(1, scenarios.args.repeat + 1):
-        print(f"service (onnx worker), repeat {number}/{scenarios.args.repeat}", flush=True)
-        scenarios.job(texts, "onnx")
+        print(f"service ({backend} worker), repeat {number}/{scenarios.args.repeat}", flush=True)
+        scenarios.job(texts, backend)
 
 
 def find_wrk() -> str | None:
@@ -385,15 +390,17 @@ def run_service(
     notes: dict[str, Any],
 ) -> None:
     formats = ("base64", "float") if find_wrk() else ()
-    stack = LocalService("throughput", backend="torch", env=MANY_CLIENTS_ENV)
+    first = str(model_entry().get("backend", "torch"))
+    other = "torch" if first != "torch" else "onnx"
+    stack = LocalService("throughput", backend=first, env=MANY_CLIENTS_ENV)
     with stack, tempfile.TemporaryDirectory() as folder:
         print(stack.describe())
-        print("warm-up (torch worker)", flush=True)
+        print(f"warm-up ({first} worker)", flush=True)
         warm_up(stack.url, texts)
         hits = {fmt: CacheHits(stack, texts[:CHUNK], fmt, Path(folder)) for fmt in formats}
         scenarios = Scenarios(args, stack, figures, batches)
-        torch_rounds(scenarios, texts, singles, hits)
-        onnx_rounds(scenarios, texts, notes)
+        main_rounds(scenarios, texts, singles, hits)
+        other_backend_rounds(scenarios, texts, other, notes)
     notes["wrk"] = scenarios.wrk_log
     for backend, found in scenarios.vectors.items():
         notes[f"min_cosine_job_{backend}_vs_raw_torch"] = raw_encode.min_cosine(found, reference)
