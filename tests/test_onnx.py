@@ -6,6 +6,7 @@ whose Redis client never connects).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Iterator
@@ -243,3 +244,25 @@ def test_a_cuda_worker_keeps_torch(
         encoder = runtime.batcher(spec.model_copy(update={"backend": "onnx"})).encoder
     assert isinstance(encoder, FakeTorchEncoder)
     assert sum("CPU-only" in record.message for record in caplog.records) == 1
+
+
+def test_without_onnxruntime_a_cpu_worker_falls_back_to_torch(
+    runtime: WorkerRuntime,
+    spec: ModelSpec,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A GPU image (no onnxruntime) on a node without CUDA serves the model on CPU."""
+    from workers.providers.local import SentenceTransformerEncoder
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a),
+    )
+    with caplog.at_level(logging.WARNING, logger="workers.runtime"):
+        encoder = runtime.batcher(spec.model_copy(update={"backend": "onnx"})).encoder
+    assert isinstance(encoder, SentenceTransformerEncoder)
+    assert encoder.embed(["hello"]).shape == (1, 384)
+    assert any("onnxruntime is not installed" in r.message for r in caplog.records)

@@ -6,6 +6,7 @@ so each local model is loaded exactly once per process.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import socket
@@ -103,6 +104,10 @@ class WorkerRuntime:
         backend = spec.backend if self.device == "cpu" else "torch"
         if backend != spec.backend:
             log.info("model %s: backend %s is CPU-only, using torch", spec.name, spec.backend)
+        elif backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+            # A GPU image (requirements/worker-gpu.txt) that found no CUDA serves on CPU.
+            log.warning("model %s: onnxruntime is not installed, using torch", spec.name)
+            backend = "torch"
         encoder: Encoder
         if backend == "torch":
             encoder = SentenceTransformerEncoder(
