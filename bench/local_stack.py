@@ -2,8 +2,9 @@
 on free ports that are not the machine's own 6379 and 3010, for every suite that starts
 one: the benchmarked model, the worker's backend, its batch counters.
 
-The API and the worker run in sessions of their own and Redis starts with SIGINT blocked,
-so Ctrl-C reaches only the bench, which stops them in order.
+Redis, the API and the worker run as the launcher runs them (cli/processes.spawn): in
+sessions of their own that end with the bench, so Ctrl-C reaches only the bench, which
+stops them in order, and a killed bench leaves nothing running.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import redis
 import requests
 
+from cli.processes import spawn
 from cli.redis_server import RedisServer, free_port
 from common import keys
 from common.registry import BUILTIN_MODELS_FILE, ModelSpec
@@ -180,15 +182,13 @@ class LocalService:
         self.stop()
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        # A session of its own: Ctrl-C reaches the bench, which stops the service in order.
         with (self.dir / f"{name}.log").open("wb") as log:
-            return subprocess.Popen(
+            return spawn(
                 [sys.executable, "-m", *command],
                 cwd=ROOT,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
 
     def _start(self) -> None:
