@@ -19,7 +19,7 @@ from api.services import Services, services
 from common import keys
 from common.api_keys import KeyStore
 from common.errors import TooManyRequests, Unauthorized
-from common.rate_limit import RateLimiter
+from common.rate_limit import Decision, RateLimiter
 
 OPEN_OWNER = "public"
 PUBLIC_PATHS = ("/livez", "/readyz", "/health", "/openapi.json", "/docs")
@@ -33,7 +33,7 @@ class Gate:
     def __init__(self, svc: Services) -> None:
         self.keys = KeyStore(svc.redis)
         self.limiter = RateLimiter(
-            svc.redis, svc.settings.RATE_LIMIT_REQUESTS_PER_MINUTE, svc.settings.RATE_LIMIT_BURST
+            svc.settings.RATE_LIMIT_REQUESTS_PER_MINUTE, svc.settings.RATE_LIMIT_BURST
         )
         self.required = svc.settings.AUTH_REQUIRED
         self._checked = (0.0, False)
@@ -76,7 +76,7 @@ def _check() -> None:
         g.owner, caller = key.id, key.id
     else:  # open: whatever key a client sends (SDKs insist on one) is ignored
         g.owner, caller = OPEN_OWNER, f"ip:{request.remote_addr}"
-    decision = gate.limiter.take(keys.rate_bucket(caller))
+    decision = _admit(gate, keys.rate_bucket(caller))
     g.rate_headers = decision.headers()
     if not decision.allowed:
         raise TooManyRequests(
@@ -84,6 +84,18 @@ def _check() -> None:
             f"{services().settings.RATE_LIMIT_REQUESTS_PER_MINUTE}/min) reached",
             g.rate_headers,
         )
+
+
+def _admit(gate: Gate, bucket: str) -> Decision:
+    """The caller's rate-limit token, and the cache's clear counter for this request
+    (`g.cache_epoch`, common/cache.py), in one round trip: a cache hit needs no other."""
+    svc = services()
+    with svc.redis.pipeline(transaction=False) as pipe:
+        gate.limiter.take_in(pipe, bucket)
+        svc.cache.read_epoch_in(pipe)
+        replies = pipe.execute()
+    g.cache_epoch = svc.cache.epoch_from(replies[1])
+    return gate.limiter.decision(replies[0])
 
 
 def _add_headers(response: Response) -> Response:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from flask import request
+from flask import g, request
 
 from api import auth, metrics
 from api.services import Services
@@ -155,6 +155,11 @@ def client_deadline() -> float | None:
     return time.time() + seconds
 
 
+def cache_keys(svc: Services, prep: Prepared) -> list[str]:
+    """The texts' cache keys, at the cache epoch this request read (api/auth.py)."""
+    return svc.cache.keys_for(prep.spec, prep.options, prep.texts, g.get("cache_epoch"))
+
+
 def submit(
     svc: Services, prep: Prepared, policy: CachePolicy, deadline: float | None = None
 ) -> str:
@@ -166,7 +171,7 @@ def submit(
     job_id = svc.jobs.create(
         prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
     )
-    keys = svc.cache.keys_for(prep.spec, prep.options, prep.texts) if policy.write else None
+    keys = cache_keys(svc, prep) if policy.write else None
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,
@@ -204,7 +209,7 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
     """Answer from the cache when every text is there; otherwise run a job and wait."""
     n = len(prep.texts)
     if policy.read:
-        keys = svc.cache.keys_for(prep.spec, prep.options, prep.texts)
+        keys = cache_keys(svc, prep)
         found = svc.cache.get_many(keys, count=False)
         hits = sum(value is not None for value in found)
         if hits == n:

@@ -2,7 +2,10 @@
 
 Keys hash the model, its revision, the options that change the vector and the text, and
 carry two generation numbers (global and per model). Clearing bumps a generation: O(1),
-every API process sees it on its next lookup, and TTLs reclaim the orphaned entries.
+and TTLs reclaim the orphaned entries. Every clear also bumps one epoch counter, which the
+API reads in each request's first round trip (api/auth.py): a process reads generations
+again only when the epoch moved, so a clear reaches every process's next request, and a
+cache hit costs that one round trip and no other.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import redis
-from cachetools import TTLCache
 
 from common import keys
+from common.lru import LRU
 from common.registry import ModelSpec
 from common.schemas import EmbedOptions
 
@@ -46,24 +49,43 @@ class EmbeddingCache:
     def __init__(self, client: redis.Redis, ttl_seconds: int, local_size: int) -> None:
         self.redis = client
         # LRU with the same TTL as Redis, so an entry never outlives its shared copy.
-        self._local: TTLCache[str, bytes] | None = (
-            TTLCache(local_size, ttl_seconds) if local_size else None
-        )
+        self._local: LRU[str, bytes] | None = LRU(local_size, ttl_seconds) if local_size else None
         self._lock = threading.Lock()
         self._lookup = client.register_script(_LOOKUP)
         self._unsent_hits = 0
+        # model -> (the epoch they were read at, its generations); bounded, for `ollama/*`.
+        self._generations: LRU[str, tuple[int, tuple[int, int]]] = LRU(1024)
 
-    def generations(self, model: str) -> tuple[int, int]:
-        """The global and the model's generation; the hits counted since the last call
-        travel in the same round trip (a cache hit then costs one Redis call, not two)."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.mget([keys.CACHE_GENERATION, keys.cache_model_generation(model)])
-            self.send_unsent_hits(pipe)
-            values = pipe.execute()[0]
-        return int(values[0] or 0), int(values[1] or 0)
+    def generations(self, model: str, epoch: int | None = None) -> tuple[int, int]:
+        """The global and the model's generation. `epoch`: the clear counter as the caller
+        read it (read_epoch_in); generations read at that epoch are not read again."""
+        known = self._generations.get(model)
+        if epoch is not None and known is not None and known[0] == epoch:
+            return known[1]
+        names = [keys.CACHE_EPOCH, keys.CACHE_GENERATION, keys.cache_model_generation(model)]
+        read_at, *found = (int(value or 0) for value in self.redis.mget(names))
+        generations = (found[0], found[1])
+        self._generations.put(model, (read_at, generations))
+        return generations
 
-    def keys_for(self, spec: ModelSpec, options: EmbedOptions, texts: Sequence[str]) -> list[str]:
-        return entry_keys(spec, options, texts, self.generations(spec.name))
+    def read_epoch_in(self, pipe: redis.client.Pipeline) -> None:
+        """Queue a read of the clear counter (its reply: epoch_from), then the hits not yet
+        in Redis, on the caller's pipeline."""
+        pipe.get(keys.CACHE_EPOCH)
+        self.send_unsent_hits(pipe)
+
+    @staticmethod
+    def epoch_from(reply: bytes | None) -> int:
+        return int(reply or 0)
+
+    def keys_for(
+        self,
+        spec: ModelSpec,
+        options: EmbedOptions,
+        texts: Sequence[str],
+        epoch: int | None = None,
+    ) -> list[str]:
+        return entry_keys(spec, options, texts, self.generations(spec.name, epoch))
 
     def get_many(self, entry_keys: list[str], count: bool = True) -> list[bytes | None]:
         """Packed vectors per key (None where missing): the LRU first, then one Redis call.
@@ -71,11 +93,11 @@ class EmbeddingCache:
         `count` adds the lookup to the hit/miss figures; a caller that may look again
         (the API before it hands a partial hit to a worker) passes False.
         """
-        found: list[bytes | None] = [None] * len(entry_keys)
-        if self._local is not None:
-            with self._lock:
-                for i, key in enumerate(entry_keys):
-                    found[i] = self._local.get(key)
+        found: list[bytes | None] = (
+            self._local.get_many(entry_keys)
+            if self._local is not None
+            else [None] * len(entry_keys)
+        )
         missing = [i for i, value in enumerate(found) if value is None]
         local_hits = len(entry_keys) - len(missing)
         if not missing:
@@ -98,7 +120,8 @@ class EmbeddingCache:
         return len(self._local) if self._local is not None else 0
 
     def count_hits(self, hits: int) -> None:
-        """Hits answered from this process's LRU: sent with its next lookup or stats()."""
+        """Hits answered from this process's LRU: sent with its next request's first round
+        trip (read_epoch_in), or with stats()."""
         with self._lock:
             self._unsent_hits += hits
 
@@ -111,12 +134,9 @@ class EmbeddingCache:
 
     def remember(self, entry_keys: list[str], packed: Sequence[bytes | None]) -> None:
         """Keep vectors in this process's LRU."""
-        if self._local is None:
-            return
-        with self._lock:
-            for key, value in zip(entry_keys, packed, strict=True):
-                if value is not None:
-                    self._local[key] = value
+        if self._local is not None:
+            pairs = zip(entry_keys, packed, strict=True)
+            self._local.put_many((key, value) for key, value in pairs if value is not None)
 
     def put_many(self, entry_keys: list[str], matrix: np.ndarray, ttl_seconds: int) -> None:
         """Write vectors to the shared cache (workers do this after a forward pass)."""
@@ -128,10 +148,12 @@ class EmbeddingCache:
     def clear(self, model: str | None = None) -> int:
         """Invalidate every entry (or one model's); returns the new generation."""
         key = keys.cache_model_generation(model) if model else keys.CACHE_GENERATION
-        generation = int(self.redis.incr(key))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.incr(keys.CACHE_EPOCH)
+            generation = int(pipe.execute()[0])
         if self._local is not None:
-            with self._lock:
-                self._local.clear()
+            self._local.clear()
         return generation
 
     def stats(self) -> dict[str, float | int]:

@@ -21,6 +21,10 @@ def job_done(job_id: str) -> str:
 CACHE_GENERATION = f"{PREFIX}:cache:gen"
 """Integer bumped by DELETE /api/v1/cache: part of every cache entry's key."""
 
+CACHE_EPOCH = f"{PREFIX}:cache:epoch"
+"""Integer bumped by every clear, with the generation it bumps: generations a process read
+at the epoch a request sees are still that request's generations."""
+
 CACHE_STATS = f"{PREFIX}:cache:stats"
 """Hash: hits, misses (all API processes)."""
 

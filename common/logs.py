@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 FIELDS = ("request_id", "job_id", "model")
 """Context fields present in every line (null when not bound)."""
@@ -143,11 +143,11 @@ def levels(log_level: str, rust_log: str | None = None) -> tuple[int, dict[str, 
 # ---------------------------------------------------------------------------- output
 
 
-class JsonLineFormatter(JsonFormatter):
+class JsonLineFormatter(OrjsonFormatter):
     """timestamp, level, event, logger, service, the context fields, then any extras."""
 
     def __init__(self, service: str = "embeddings") -> None:
-        super().__init__("%(message)s", json_ensure_ascii=False)
+        super().__init__("%(message)s")
         self.service = service
 
     def add_fields(

@@ -8,20 +8,18 @@ all use them. Models without one (remote providers) are estimated from character
 from __future__ import annotations
 
 import hashlib
-import threading
 from functools import lru_cache
 from pathlib import Path
 
-from cachetools import LRUCache
 from tokenizers import Tokenizer
+
+from common.lru import LRU
 
 CHARS_PER_TOKEN = 4
 """Estimate for models whose tokenizer the API does not have."""
 MEMO_SIZE = 65_536
 """Token counts remembered per tokenizer (by a digest of the text, not the text): a cache
 hit then costs no tokenization, which was a third of its time."""
-
-_memo_lock = threading.Lock()
 
 
 @lru_cache(maxsize=16)
@@ -34,8 +32,8 @@ def load(path: Path) -> Tokenizer:
 
 
 @lru_cache(maxsize=16)
-def _memo(path: Path) -> LRUCache[bytes, int]:
-    return LRUCache(MEMO_SIZE)
+def _memo(path: Path) -> LRU[bytes, int]:
+    return LRU(MEMO_SIZE)
 
 
 def token_lengths(tokenizer_file: Path | None, texts: list[str]) -> list[int]:
@@ -44,12 +42,11 @@ def token_lengths(tokenizer_file: Path | None, texts: list[str]) -> list[int]:
         return [len(text) // CHARS_PER_TOKEN + 1 for text in texts]
     memo = _memo(tokenizer_file)
     digests = [hashlib.blake2b(text.encode(), digest_size=16).digest() for text in texts]
-    with _memo_lock:
-        found = [memo.get(digest) for digest in digests]
+    found = memo.get_many(digests)
     missing = [i for i, count in enumerate(found) if count is None]
     if missing:
         encodings = load(tokenizer_file).encode_batch([texts[i] for i in missing])
-        with _memo_lock:
-            for i, encoding in zip(missing, encodings, strict=True):
-                found[i] = memo[digests[i]] = len(encoding.ids)
+        for i, encoding in zip(missing, encodings, strict=True):
+            found[i] = len(encoding.ids)
+        memo.put_many((digests[i], found[i]) for i in missing)
     return found  # type: ignore[return-value]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import binascii
 
 import numpy as np
 
@@ -28,4 +28,4 @@ def normalize(matrix: np.ndarray) -> np.ndarray:
 
 
 def to_base64(vector: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(vector, dtype=DTYPE).tobytes()).decode()
+    return binascii.b2a_base64(np.ascontiguousarray(vector, dtype=DTYPE), newline=False).decode()

@@ -87,6 +87,9 @@ def test_clear_reaches_every_api_process(app: Flask, settings: Settings, worker:
     assert cleared.status_code == 200
     assert cleared.get_json()["cleared"] == "all"
     assert embed(two, texts).headers["X-Cache"] == "miss"
+    assert embed(two, texts).headers["X-Cache"] == "hit"
+    assert one.delete(f"/api/v1/cache?model={MODEL}").status_code == 200
+    assert embed(two, texts).headers["X-Cache"] == "miss"  # one model's clear, too
 
 
 def test_clear_one_model(client: FlaskClient) -> None:
