@@ -17,7 +17,7 @@ from common.queueing import EMBED_TASK, QueueName
 from common.registry import ModelSpec, Provider
 from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
 from common.tokenization import token_lengths
-from common.vectors import unpack_row
+from common.vectors import unpack_rows
 
 DEADLINE_HEADER = "X-Request-Timeout"
 
@@ -214,7 +214,7 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
         hits = sum(value is not None for value in found)
         if hits == n:
             svc.cache.count_hits(n)
-            matrix = np.stack([unpack_row(v) for v in found])  # type: ignore[arg-type]
+            matrix = unpack_rows(found)  # type: ignore[arg-type]
             return Outcome(prep.spec.name, matrix, sum(prep.tokens), "hit")
     else:
         keys, hits = None, 0

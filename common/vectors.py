@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,6 +21,11 @@ def unpack(data: bytes, dimensions: int) -> np.ndarray:
 def unpack_row(data: bytes) -> np.ndarray:
     """One vector (a cache entry): its length is its dimensions, known or not."""
     return np.frombuffer(data, dtype=DTYPE)
+
+
+def unpack_rows(rows: Sequence[bytes]) -> np.ndarray:
+    """Equal-length vectors (cache entries of one model and options) as one matrix."""
+    return unpack(b"".join(rows), len(rows[0]) // DTYPE.itemsize)
 
 
 def normalize(matrix: np.ndarray) -> np.ndarray:
