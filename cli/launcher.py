@@ -143,8 +143,12 @@ def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
         print(f"embeddings: {error}", file=sys.stderr)
         return 2
     stack = Stack(settings, run_dir, flower_port, gpu_worker)
-    for number in (signal.SIGTERM, signal.SIGHUP):  # stop as on Ctrl-C
-        signal.signal(number, _interrupt)
+    # Stop as on Ctrl-C: on SIGINT even where a script's `&` started us with it ignored
+    # (then Ctrl-C and `kill -INT` did nothing), on SIGTERM, and on SIGHUP unless nohup.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupt)
     try:
         stack.start()
         if not stack.wait_ready():

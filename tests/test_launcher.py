@@ -35,6 +35,8 @@ def test_up_runs_redis_api_worker_and_flower_and_stops_on_ctrl_c(tmp_path: Path)
         [sys.executable, "-m", "cli", "up", "--flower-port", str(flower_port),
          "--run-dir", str(tmp_path / "run")],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        # SIGINT ignored, as a script's `&` starts it: Ctrl-C must still stop everything.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
