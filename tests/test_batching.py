@@ -46,7 +46,7 @@ def test_one_long_text_does_not_pad_a_pass_of_short_ones() -> None:
 class CountingEncoder:
     """A stand-in model (for the batcher alone): row = [len(text), pass number]."""
 
-    name, dimensions, device = "counting", 2, "cpu"
+    name, dimensions, device, precision = "counting", 2, "cpu", "float32"
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []

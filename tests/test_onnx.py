@@ -126,6 +126,15 @@ def test_fp32_matches_torch(fp32: OnnxEncoder, torch_vectors: np.ndarray) -> Non
     assert cosines(in_passes(fp32, 8), torch_vectors).min() > 0.999
 
 
+def test_encoders_report_the_precision_they_run(
+    spec: ModelSpec, fp32: OnnxEncoder, int8: OnnxEncoder
+) -> None:
+    from workers.providers.local import SentenceTransformerEncoder
+
+    assert (fp32.precision, int8.precision) == ("float32", "int8")
+    assert SentenceTransformerEncoder(spec, "cpu", 1.0).precision == "float32"  # fp16: CUDA
+
+
 @pytest.mark.parametrize("text", ["a", "🚀🔥💯", LONG], ids=["short", "emoji", "long"])
 def test_fp32_matches_torch_without_padding(
     fp32: OnnxEncoder, torch_vectors: np.ndarray, text: str
@@ -237,6 +246,7 @@ def test_a_cuda_worker_keeps_torch(
     class FakeTorchEncoder:
         def __init__(self, spec: ModelSpec, device: str, fraction: float) -> None:
             self.name, self.device, self.dimensions = spec.name, device, 384
+            self.precision = "float16"
 
     monkeypatch.setattr("workers.providers.local.SentenceTransformerEncoder", FakeTorchEncoder)
     runtime.device = "cuda"

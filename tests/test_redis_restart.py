@@ -133,7 +133,7 @@ def test_accepted_work_survives_a_redis_restart(tmp_path: Path) -> None:
 
 
 class _Encoder:
-    name, dimensions, device = "fake", 4, "cpu"
+    name, dimensions, device, precision = "fake", 4, "cpu", "float32"
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return np.ones((len(texts), self.dimensions), dtype=np.float32)

@@ -119,11 +119,13 @@ class WorkerRuntime:
             int8 = backend == "onnx-int8"
             encoder = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR, int8=int8)
         log.info(
-            "loaded model %s on %s with %s (%d dims)",
+            "loaded model %s on %s with %s (%d dims, %s)",
             spec.name,
             self.device,
             backend,
             encoder.dimensions,
+            encoder.precision,
+            extra={"device": self.device, "backend": backend, "precision": encoder.precision},
         )
         recorder = BatchRecorder(self.redis, spec.name)
         hooks = BatchHooks(spec.name, recorder.on_pass, recorder.on_collection)  # + Prometheus

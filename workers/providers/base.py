@@ -13,6 +13,8 @@ class Encoder(Protocol):
     name: str
     dimensions: int
     device: str
+    precision: str
+    """The weights' number format as run: float16 (torch on CUDA), float32, int8."""
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """One forward pass: a float32 row per text, in order, not normalized."""

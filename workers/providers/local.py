@@ -45,6 +45,7 @@ class SentenceTransformerEncoder:
         self._model = model
         self.name = spec.name
         self.device = device
+        self.precision = str(next(model.parameters()).dtype).removeprefix("torch.")
         self.dimensions = int(model.get_embedding_dimension())
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -231,6 +231,7 @@ class OnnxEncoder:
         self._session = open_session(ensure_export(spec, cache_root, int8))
         self._inputs = [(i.name, ENCODING_FIELDS[i.name]) for i in self._session.get_inputs()]
         self.name = spec.name
+        self.precision = "int8" if int8 else "float32"
         self.dimensions = int(self._session.get_outputs()[0].shape[-1]) * len(self._modes)
 
     def embed(self, texts: list[str]) -> np.ndarray:
