@@ -11,6 +11,7 @@ cache hit costs that one round trip and no other.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import threading
 from collections.abc import Sequence
 
@@ -146,10 +147,16 @@ class EmbeddingCache:
             pipe.execute()
 
     def clear(self, model: str | None = None) -> int:
-        """Invalidate every entry (or one model's); returns the new generation."""
+        """Invalidate every entry (or one model's); returns the new generation.
+
+        The epoch starts at a random number, so a Redis that lost its data (restarted
+        without persistence) never counts back to an epoch some process still remembers
+        with the generations of before.
+        """
         key = keys.cache_model_generation(model) if model else keys.CACHE_GENERATION
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
+            pipe.set(keys.CACHE_EPOCH, secrets.randbits(48), nx=True)
             pipe.incr(keys.CACHE_EPOCH)
             generation = int(pipe.execute()[0])
         if self._local is not None:

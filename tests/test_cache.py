@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from common import keys
+from common.cache import EmbeddingCache
 from common.settings import Settings, load_settings
 from tests.conftest import MODEL, models_file
 
@@ -125,3 +128,22 @@ def test_health_shows_cache_figures(client: FlaskClient) -> None:
     assert cache["entries"] >= 1
     assert cache["hits"] >= 1 and cache["misses"] >= 1
     assert cache["hit_ratio"] == round(cache["hits"] / (cache["hits"] + cache["misses"]), 4)
+
+
+def test_a_redis_that_lost_its_data_never_repeats_an_epoch(redis_url: str) -> None:
+    """Redis restarted without persistence counts its clears from scratch: a process must
+    not mistake the new epoch for the one it read its generations at."""
+    client = redis.Redis.from_url(redis_url, db=14)  # a database of this test's own
+    client.flushdb()
+    cache = EmbeddingCache(client, ttl_seconds=60, local_size=10)
+    cache.clear(MODEL)
+    cache.clear(MODEL)
+    before = cache.epoch_from(client.get(keys.CACHE_EPOCH))
+    assert cache.generations(MODEL, before) == (0, 2)
+    client.flushdb()  # the data is gone; the same number of clears, of another kind
+    cache.clear()
+    cache.clear()
+    after = cache.epoch_from(client.get(keys.CACHE_EPOCH))
+    assert after != before
+    assert cache.generations(MODEL, after) == (2, 0)
+    client.flushdb()
