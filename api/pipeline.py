@@ -11,7 +11,7 @@ from flask import g, request
 
 from api import auth, metrics
 from api.services import Services
-from common import errors, logs, providers
+from common import errors, ledger, logs, providers
 from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK, QueueName
 from common.registry import ModelSpec, Provider
@@ -172,6 +172,7 @@ def submit(
         prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
     )
     keys = cache_keys(svc, prep) if policy.write else None
+    entry = ledger.note(svc.redis, ledger.Note(kind="embed", queue=queue, job_id=job_id))
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,
@@ -182,12 +183,14 @@ def submit(
         cache_read=policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
         deadline=deadline,
+        ledger=entry,
     )
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
     svc.celery.send_task(
-        EMBED_TASK, args=[task.model_dump()], queue=queue, **logs.send_options(summary)
-    )
+        EMBED_TASK, args=[task.model_dump()], queue=queue, task_id=entry.id,
+        **logs.send_options(summary),
+    )  # fmt: skip
     return job_id
 
 

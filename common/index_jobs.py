@@ -214,7 +214,9 @@ class IndexJobStore:
             args=[batch, packed, chunks, docs, repr(time.time())],
         )  # fmt: skip
 
-    def fail_batch(self, job_id: str, batch: int, reason: str, doc_ids: list[str]) -> None:
+    def fail_batch(self, job_id: str, batch: int, reason: str) -> None:
+        """The batch's documents fail with `reason` (each once, in plan order)."""
+        doc_ids = list(dict.fromkeys(str(row[0]) for row in self.plan(job_id, batch)))
         self._fail(
             keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
                   self._part(job_id, "batch_failed"), self._part(job_id, "failed")],

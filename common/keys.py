@@ -114,3 +114,29 @@ API_KEYS = f"{PREFIX}:apikeys"
 def rate_bucket(caller: str) -> str:
     """Hash: a caller's token bucket (tokens, at)."""
     return f"{PREFIX}:ratelimit:{caller}"
+
+
+LEDGER = f"{PREFIX}:ledger"
+"""Hash: Celery task id -> '<seq> <note JSON>' for each task sent and not yet started
+(common/ledger.py)."""
+
+LEDGER_TIMES = f"{PREFIX}:ledger:times"
+"""Sorted set: the same task ids, scored by the time they were sent."""
+
+LEDGER_SWEEP_LOCK = f"{PREFIX}:ledger:sweeping"
+"""String with a TTL: the worker sweeping the ledger now."""
+
+
+def ledger_sequence(queue: str) -> str:
+    """Integer: tasks ever sent to the queue (each note's sequence number)."""
+    return f"{PREFIX}:ledger:sent:{queue}"
+
+
+def ledger_started(queue: str) -> str:
+    """Integer: the highest sequence number of the queue whose task has started."""
+    return f"{PREFIX}:ledger:started:{queue}"
+
+
+KOMBU_UNACKED = "unacked"
+"""kombu's Redis transport: hash of the messages workers hold (its `unacked_key`); each
+queue is a list under the queue's own name."""

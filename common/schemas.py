@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from common.errors import InvalidRequest
+from common.ledger import Entry
 
 EncodingFormat = Literal["float", "base64"]
 MAX_METADATA_DEPTH = 64
@@ -38,6 +39,9 @@ class EmbedTask(BaseModel):
     cache_ttl_seconds: int = 3600
     deadline: float | None = Field(
         default=None, description="Epoch seconds after which the client no longer waits."
+    )
+    ledger: Entry | None = Field(
+        default=None, description="Its note in common/ledger.py, removed when it starts."
     )
 
 

@@ -74,3 +74,37 @@ def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) 
     assert {r[0] for r in rows} == {d["id"] for d in docs}
     stored = redis.Redis.from_url(url).hlen(keys.index_job_part(job["id"], "vectors"))
     assert stored == progress["batches"]
+
+
+def test_a_message_lost_before_its_task_started_fails_its_job(
+    settings: Settings, tmp_path: Path, held_app: Flask
+) -> None:
+    """kombu's window: a worker's BRPOP took the message and the worker died before it
+    recorded it as unacked. Played here by taking the message off the queue by hand; a
+    later job then starts on a live worker, and the sweep fails the lost one with its
+    reason. A job still waiting in a queue (nothing after it started) is left alone."""
+    models = models_file(tmp_path, name="lossy", queue="lossy")
+    env = {"MODELS_FILE": str(models), "DEFAULT_MODEL": "lossy",
+           "BROKER_VISIBILITY_TIMEOUT_SECONDS": "2"}  # fmt: skip
+    client = create_app(load_settings(**{**settings.model_dump(), **env})).test_client()
+    broker = redis.Redis.from_url(settings.REDIS_URL)
+    waiting = held_app.test_client().post("/api/v1/jobs", json={"input": "in a queue"})
+    lost = client.post("/api/v1/jobs", json={"input": "lost on the way"}).get_json()
+    assert broker.rpop("lossy")  # the dying worker's BRPOP: nobody will ever run it
+    log = tmp_path / "lossy.log"
+    worker = start_worker(settings.REDIS_URL, log, queues="lossy", name="lossy", **env)
+    try:
+        wait_for_worker(settings.REDIS_URL, worker, log, "lossy")
+        later = client.post("/api/v1/embeddings", json={"input": "sent later"})
+        assert later.status_code == 200  # it started, so the lost one was overtaken
+        deadline = time.monotonic() + 60
+        while (job := client.get(lost["status_url"]).get_json())["status"] == "queued":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+    finally:
+        stop(worker)
+    assert job["status"] == "failed"
+    assert job["error"]["type"] == "worker_lost"
+    assert "send it again" in job["error"]["message"]
+    still = held_app.test_client().get(waiting.get_json()["status_url"]).get_json()
+    assert still["status"] == "queued"

@@ -33,7 +33,7 @@ task_logs.install(settings)
 app = make_celery(settings)
 tasks.register(app)
 indexing.register(app)
-_stop_heartbeat = threading.Event()
+_stop_threads = threading.Event()
 
 
 @signals.celeryd_after_setup.connect
@@ -52,13 +52,16 @@ def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
     except OSError as error:
         sys.exit(f"embeddings worker: WORKER_METRICS_PORT={settings.WORKER_METRICS_PORT}: {error}")
     threading.Thread(
-        target=rt.heartbeat_forever, args=(_stop_heartbeat,), name="heartbeat", daemon=True
+        target=rt.heartbeat_forever, args=(_stop_threads,), name="heartbeat", daemon=True
+    ).start()
+    threading.Thread(
+        target=rt.sweep_forever, args=(_stop_threads,), name="ledger-sweep", daemon=True
     ).start()
 
 
 @signals.worker_shutdown.connect
 def _stop_runtime(**_: object) -> None:
-    _stop_heartbeat.set()
+    _stop_threads.set()
     try:
         rt = runtime.current()
         presence.forget(rt.redis, rt.name)

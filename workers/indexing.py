@@ -7,6 +7,7 @@ import logging
 import redis
 from celery import Celery
 
+from common import ledger
 from common.errors import ServiceError
 from common.queueing import INDEX_BATCH_TASK
 from common.schemas import IndexBatchTask
@@ -30,7 +31,10 @@ def index_batch(payload: dict[str, object]) -> None:
 
 
 def _index_batch(task: IndexBatchTask) -> None:
-    jobs = runtime.current().index_jobs
+    rt = runtime.current()
+    if task.ledger:
+        ledger.started(rt.redis, task.ledger)
+    jobs = rt.index_jobs
     status = jobs.begin(task.job_id)
     if status is None or status.terminal:
         log.info("index job %s is %s: batch %d skipped", task.job_id, status, task.batch)
@@ -46,8 +50,7 @@ def _index_batch(task: IndexBatchTask) -> None:
         metrics.task_failed(
             task.model, error.type if isinstance(error, ServiceError) else "internal_error"
         )
-        doc_ids = list(dict.fromkeys(str(row[0]) for row in jobs.plan(task.job_id, task.batch)))
-        jobs.fail_batch(task.job_id, task.batch, reason, doc_ids)
+        jobs.fail_batch(task.job_id, task.batch, reason)
         return
     jobs.store_batch(task.job_id, task.batch, pack(matrix), len(task.texts), task.docs)
 

@@ -11,9 +11,10 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
-from common import presence
+from common import ledger, presence
 from common.cache import EmbeddingCache
 from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
@@ -149,6 +150,29 @@ class WorkerRuntime:
             ),
             pid=os.getpid(),
         )
+
+    def end_lost(self, work: ledger.Note) -> None:
+        """The work of a message lost before its task started ends failed, with the reason."""
+        reason = f"{ledger.LOST_REASON}: {ledger.LOST_MESSAGE}"
+        log.warning("%s %s%s: its message was lost; failed", work.kind, work.job_id,
+                    "" if work.batch is None else f" batch {work.batch}")  # fmt: skip
+        if work.kind == "embed":
+            self.jobs.fail(work.job_id, ledger.LOST_REASON, ledger.LOST_MESSAGE)
+        elif work.batch is not None:
+            self.index_jobs.fail_batch(work.job_id, work.batch, reason)
+
+    def sweep_forever(self, stop: threading.Event) -> None:
+        """Sweep the ledger (common/ledger.py) now and then, one worker at a time."""
+        visibility = self.settings.BROKER_VISIBILITY_TIMEOUT_SECONDS
+        interval = min(ledger.SWEEP_SECONDS, visibility / 2)
+        while not stop.wait(interval):
+            try:
+                with ledger.turn(self.redis, interval) as mine:
+                    if mine:
+                        ledger.sweep(self.redis, 2 * visibility, self.settings.JOB_TTL_SECONDS,
+                                     self.end_lost, time.time())  # fmt: skip
+            except Exception as error:  # Redis away for a moment: the next sweep
+                log.warning("ledger sweep failed: %s: %s", type(error).__name__, error)
 
     def heartbeat_forever(self, stop: threading.Event) -> None:
         while not stop.is_set():

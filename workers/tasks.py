@@ -12,6 +12,7 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject
 
+from common import ledger
 from common.errors import ServiceError
 from common.queueing import EMBED_TASK
 from common.registry import Provider
@@ -81,6 +82,8 @@ def embed(payload: dict[str, object]) -> None:
 
 def _embed(task: EmbedTask) -> None:
     rt = runtime.current()
+    if task.ledger:
+        ledger.started(rt.redis, task.ledger)
     if task.deadline is not None and time.time() > task.deadline:
         rt.jobs.fail(task.job_id, "deadline_exceeded", "the client's deadline passed first")
         log.info("job %s dropped: its deadline passed while queued", task.job_id)
