@@ -8,7 +8,14 @@ import orjson
 import redis
 
 from api import metrics
-from api.pipeline import CachePolicy, check_provider, check_queue, known_dimensions, pick_queue
+from api.pipeline import (
+    CachePolicy,
+    check_provider,
+    check_queue,
+    known_dimensions,
+    pick_queue,
+    send,
+)
 from api.services import Services
 from api.uploads import Upload
 from common import chunking, ledger, logs
@@ -102,21 +109,16 @@ class Planner:
             if self.policy.write
             else None
         )
-        work = ledger.Note(
-            kind="index_batch", queue=self.queue, job_id=self.job_id, batch=self.number
-        )
-        entry = ledger.note(self.svc.redis, work)
         task = IndexBatchTask(
             job_id=self.job_id, batch=self.number, docs=batch.docs, model=self.spec.name,
             texts=batch.texts, tokens=batch.tokens, options=self.options, cache_keys=keys,
             cache_read=self.policy.read, cache_ttl_seconds=self.svc.settings.CACHE_TTL_SECONDS,
-            ledger=entry,
         )  # fmt: skip
+        work = ledger.Note(
+            kind="index_batch", queue=self.queue, job_id=self.job_id, batch=self.number
+        )
         summary = f"index job {self.job_id} batch {self.number}: {len(batch.texts)} chunks"
-        self.svc.celery.send_task(
-            INDEX_BATCH_TASK, args=[task.model_dump()], queue=self.queue, task_id=entry.id,
-            **logs.send_options(summary),
-        )  # fmt: skip
+        send(self.svc, INDEX_BATCH_TASK, task, work, summary)
         self.number += 1
 
 

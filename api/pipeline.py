@@ -172,7 +172,6 @@ def submit(
         prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
     )
     keys = cache_keys(svc, prep) if policy.write else None
-    entry = ledger.note(svc.redis, ledger.Note(kind="embed", queue=queue, job_id=job_id))
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,
@@ -183,15 +182,21 @@ def submit(
         cache_read=policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
         deadline=deadline,
-        ledger=entry,
     )
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
-    svc.celery.send_task(
-        EMBED_TASK, args=[task.model_dump()], queue=queue, task_id=entry.id,
-        **logs.send_options(summary),
-    )  # fmt: skip
+    send(svc, EMBED_TASK, task, ledger.Note(kind="embed", queue=queue, job_id=job_id), summary)
     return job_id
+
+
+def send(svc: Services, name: str, task: EmbedTask, work: ledger.Note, summary: str) -> None:
+    """Note the task in the ledger (common/ledger.py), then send it by name to the note's
+    queue under the note's task id; `summary` stands in for its arguments in logs."""
+    entry = ledger.note(svc.redis, work)
+    payload = task.model_copy(update={"ledger": entry}).model_dump()
+    svc.celery.send_task(
+        name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)
+    )
 
 
 def finished(svc: Services, job: Job) -> np.ndarray:

@@ -74,7 +74,10 @@ def raw_figures(run: Run) -> np.ndarray:
     reference = np.empty(0)
     args, figures, texts, singles = run.args, run.figures, run.texts, run.singles
     for precision in ("float32", "float16") if device == "cuda" else ("float32",):
-        model.half() if precision == "float16" else model.float()  # weights may be either
+        if precision == "float16":
+            model.half()
+        else:
+            model.float()  # the carried weights are float16
         raw_encode.warm_up(model, texts, singles)
         for number in range(1, args.repeat + 1):
             print(f"raw {precision} on {device}, repeat {number}/{args.repeat}", flush=True)

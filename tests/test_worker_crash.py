@@ -13,10 +13,12 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
 from flask import Flask
+from flask.testing import FlaskClient
 
 from api.app import create_app
 from common import keys
@@ -24,6 +26,15 @@ from common.settings import Settings, load_settings
 from tests.conftest import models_file, start_worker, stop, wait_for_worker
 
 VISIBILITY = "4"
+
+
+def poll_while(client: FlaskClient, url: str, status: str, timeout: float) -> dict[str, Any]:
+    """The job's body once its status is no longer `status` (fails after `timeout` s)."""
+    deadline = time.monotonic() + timeout
+    while (body := client.get(url).get_json())["status"] == status:
+        assert time.monotonic() < deadline, body
+        time.sleep(0.25)
+    return body
 
 
 def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) -> None:
@@ -59,10 +70,7 @@ def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) 
         stop(victim)
     survivor = start_worker(url, second_log, queues="crash", name="survivor", **env)
     try:
-        deadline = time.monotonic() + 180
-        while (progress := client.get(job["status_url"]).get_json())["status"] == "running":
-            assert time.monotonic() < deadline, progress
-            time.sleep(0.25)
+        progress = poll_while(client, job["status_url"], "running", timeout=180)
     finally:
         stop(survivor)
     assert progress["status"] == "succeeded"
@@ -97,10 +105,7 @@ def test_a_message_lost_before_its_task_started_fails_its_job(
         wait_for_worker(settings.REDIS_URL, worker, log, "lossy")
         later = client.post("/api/v1/embeddings", json={"input": "sent later"})
         assert later.status_code == 200  # it started, so the lost one was overtaken
-        deadline = time.monotonic() + 60
-        while (job := client.get(lost["status_url"]).get_json())["status"] == "queued":
-            assert time.monotonic() < deadline, job
-            time.sleep(0.5)
+        job = poll_while(client, lost["status_url"], "queued", timeout=60)
     finally:
         stop(worker)
     assert job["status"] == "failed"
