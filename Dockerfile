@@ -35,13 +35,13 @@ RUN /opt/venv/bin/pip install -r /tmp/requirements/api.txt \
 
 FROM python-base AS worker-remote-build
 RUN python -m venv /opt/venv
-COPY requirements/api.txt requirements/worker-remote.txt /tmp/requirements/
+COPY requirements/api.txt requirements/sinks.txt requirements/worker-remote.txt /tmp/requirements/
 RUN /opt/venv/bin/pip install -r /tmp/requirements/worker-remote.txt
 
 FROM python-base AS worker-cpu-build
 ARG TORCH_INDEX_URL=""
 RUN python -m venv /opt/venv
-COPY requirements/api.txt requirements/worker-cpu.txt /tmp/requirements/
+COPY requirements/api.txt requirements/sinks.txt requirements/worker-cpu.txt /tmp/requirements/
 RUN /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements/worker-cpu.txt
 
@@ -116,7 +116,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 FROM cuda-python AS worker-gpu-build
 ARG TORCH_INDEX_URL=""
 RUN python3.11 -m venv /opt/venv
-COPY requirements/api.txt requirements/worker-gpu.txt /tmp/requirements/
+COPY requirements/api.txt requirements/sinks.txt requirements/worker-gpu.txt /tmp/requirements/
 RUN /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         -r /tmp/requirements/worker-gpu.txt
 

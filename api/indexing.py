@@ -1,4 +1,9 @@
-"""Turning a validated upload into an index job: chunk, plan batches, queue them."""
+"""Turning a validated upload into an index job: chunk, plan batches, queue them.
+
+Batches go to the bulk lane of the model's queue (common/queueing.bulk_lane), which
+workers serve after interactive work. A job with a sink sends each batch's plan and
+metadata along with its texts, so Redis keeps only what progress needs.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +26,10 @@ from api.uploads import Upload
 from common import chunking, ledger, logs
 from common.cache import entry_keys
 from common.errors import InsufficientStorage, InvalidRequest
-from common.queueing import INDEX_BATCH_TASK
+from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, bulk_lane
 from common.registry import ModelSpec
-from common.schemas import EmbedOptions, IndexBatchTask
+from common.schemas import EmbedOptions, IndexBatchTask, IndexFinishTask, IndexJobOptions
+from common.sinks import SinkConfig
 
 
 @dataclass(frozen=True)
@@ -78,10 +84,10 @@ class Planner:
 
     def __init__(
         self, svc: Services, spec: ModelSpec, job_id: str, queue: str, policy: CachePolicy,
-        options: EmbedOptions,
+        options: EmbedOptions, sink: str | None = None,
     ) -> None:  # fmt: skip
         self.svc, self.spec, self.job_id, self.queue = svc, spec, job_id, queue
-        self.policy, self.options = policy, options
+        self.policy, self.options, self.sink = policy, options, sink
         self.generations = svc.cache.generations(spec.name)
         self.number = 0
         self.batch = _Batch()
@@ -103,7 +109,8 @@ class Planner:
         if not batch.texts:
             return
         store = self.svc.index_jobs
-        store.add_batch(self.job_id, self.number, batch.plan, batch.metadata)
+        in_redis = {} if self.sink else batch.metadata  # a sink job's travels with the task
+        store.add_batch(self.job_id, self.number, batch.plan, in_redis)
         keys = (
             entry_keys(self.spec, self.options, batch.texts, self.generations)
             if self.policy.write
@@ -113,43 +120,73 @@ class Planner:
             job_id=self.job_id, batch=self.number, docs=batch.docs, model=self.spec.name,
             texts=batch.texts, tokens=batch.tokens, options=self.options, cache_keys=keys,
             cache_read=self.policy.read, cache_ttl_seconds=self.svc.settings.CACHE_TTL_SECONDS,
+            sink=self.sink, rows=batch.plan if self.sink else None,
+            metadata=batch.metadata if self.sink else None,
         )  # fmt: skip
         work = ledger.Note(
-            kind="index_batch", queue=self.queue, job_id=self.job_id, batch=self.number
-        )
+            kind="index_batch", queue=bulk_lane(self.queue), job_id=self.job_id,
+            batch=self.number,
+        )  # fmt: skip
         summary = f"index job {self.job_id} batch {self.number}: {len(batch.texts)} chunks"
         send(self.svc, INDEX_BATCH_TASK, task, work, summary)
         self.number += 1
 
 
+def check_sink(svc: Services, name: str | None) -> SinkConfig | None:
+    """The sink a client named; 400 listing the configured names if there is none."""
+    if name is None:
+        return None
+    if name not in svc.sinks:
+        configured = ", ".join(sorted(svc.sinks)) or "none (the operator sets SINKS_FILE)"
+        raise InvalidRequest(f"sink: no sink named {name!r}; configured: {configured}", "sink")
+    return svc.sinks[name]
+
+
+def cache_policy(options: IndexJobOptions, cache_control: str | None) -> CachePolicy:
+    """Index jobs read the cache but do not fill it, unless the client asks: `cache`
+    ("write", "off"), or a Cache-Control header, which wins."""
+    if cache_control:
+        return CachePolicy.from_header(cache_control)
+    return CachePolicy(read=options.cache != "off", write=options.cache == "write")
+
+
 def start_job(
     svc: Services, model: str | None, owner: str, chunking_info: dict[str, int],
-    options: EmbedOptions, policy: CachePolicy,
+    options: EmbedOptions, policy: CachePolicy, sink: str | None = None,
 ) -> Planner:  # fmt: skip
     """Create the job and a planner that queues its batches; call `finish` after the last."""
+    check_sink(svc, sink)
     spec = known_dimensions(svc, svc.registry.get(model))
     metrics.note_model(spec)
     check_provider(svc, spec)
     check_room(svc.redis, svc.settings.REDIS_MAX_FILL_RATIO)
     queue = pick_queue(svc, spec)
-    check_queue(svc, queue)
-    job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info)  # type: ignore[arg-type]
+    check_queue(svc, bulk_lane(queue))
+    job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info, sink)  # type: ignore[arg-type]
     logs.bind(job_id=job_id)
-    return Planner(svc, spec, job_id, queue, policy, options)
+    return Planner(svc, spec, job_id, queue, policy, options, sink)
 
 
 def finish(planner: Planner) -> str:
+    """Queue the last batch and mark the upload read; a sink job that ended before that
+    (every batch already done) is closed here."""
     planner.flush()
-    planner.svc.index_jobs.submitted(planner.job_id)
+    settled = planner.svc.index_jobs.submitted(planner.job_id)
+    if settled.finished_now and planner.sink:
+        task = IndexFinishTask(job_id=planner.job_id).model_dump()
+        planner.svc.celery.send_task(INDEX_FINISH_TASK, args=[task],
+                                     queue=bulk_lane(planner.queue))  # fmt: skip
     return planner.job_id
 
 
-def submit(svc: Services, upload: Upload, owner: str, policy: CachePolicy) -> str:
+def submit(svc: Services, upload: Upload, owner: str, cache_control: str | None) -> str:
     spec = svc.registry.get(upload.options.model)
     max_tokens, overlap = _limits(spec, upload)
     options = EmbedOptions(normalize=upload.options.normalize)
     chunking_info = {"max_tokens": max_tokens, "overlap_tokens": overlap}
-    planner = start_job(svc, spec.name, owner, chunking_info, options, policy)
+    policy = cache_policy(upload.options, cache_control)
+    planner = start_job(svc, spec.name, owner, chunking_info, options, policy,
+                        upload.options.sink)  # fmt: skip
     svc.index_jobs.add_rejected(planner.job_id, upload.rejected)
     tokenizer = spec.tokenizer_file()
     for doc in upload.documents():

@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 from api.services import Services, services
 from common import keys, logs
 from common.jobs import ACTIVE, JobStatus
-from common.queueing import QueueName
+from common.queueing import ALL_QUEUES
 from common.registry import ANY_OLLAMA_PREFIX, ModelSpec, Registry
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -173,11 +173,11 @@ class RedisCollector(Collector):
         try:
             with self.svc.redis.pipeline(transaction=False) as pipe:
                 self.svc.cache.send_unsent_hits(pipe)  # before the figures are read
-                for queue in QueueName:
-                    pipe.llen(queue.value)
+                for queue in ALL_QUEUES:
+                    pipe.llen(queue)
                 pipe.hgetall(keys.JOB_STATS)
                 pipe.hgetall(keys.CACHE_STATS)
-                *depths, jobs, cache = pipe.execute()[-(len(QueueName) + 2) :]
+                *depths, jobs, cache = pipe.execute()[-(len(ALL_QUEUES) + 2) :]
             workers = self.svc.workers()
         except redis.RedisError:
             up.add_metric([], 0)
@@ -192,9 +192,9 @@ class RedisCollector(Collector):
         online = GaugeMetricFamily(
             "embedding_workers", "Workers online that consume each queue.", labels=["queue"]
         )
-        for queue, n in zip(QueueName, depths, strict=True):
-            depth.add_metric([queue.value], int(n))
-            online.add_metric([queue.value], sum(queue.value in w.queues for w in workers))
+        for queue, n in zip(ALL_QUEUES, depths, strict=True):
+            depth.add_metric([queue], int(n))
+            online.add_metric([queue], sum(queue in w.queues for w in workers))
         yield depth
         yield online
 

@@ -17,6 +17,7 @@ from common.responses import (
     Liveness,
     ModelList,
     Readiness,
+    SinkList,
 )
 from common.schemas import Document, EmbeddingRequest, IndexJobOptions
 
@@ -41,6 +42,12 @@ def _upload_options() -> tuple[dict[str, object], ...]:
             "on_error",
             {"type": "string", "enum": ["fail", "skip"], "default": "fail"},
             fields["on_error"].description or "",
+        ),
+        query_param("sink", {"type": "string"}, fields["sink"].description or ""),
+        query_param(
+            "cache",
+            {"type": "string", "enum": ["read", "write", "off"], "default": "read"},
+            fields["cache"].description or "",
         ),
     )
 
@@ -104,6 +111,8 @@ register(
                     "overlap_tokens": {"type": "integer"},
                     "normalize": {"type": "boolean"},
                     "on_error": {"type": "string", "enum": ["fail", "skip"]},
+                    "sink": {"type": "string"},
+                    "cache": {"type": "string", "enum": ["read", "write", "off"]},
                 },
             }),
         ),
@@ -121,6 +130,13 @@ register(
         ),
         responses={200: Reply("A page of jobs.", IndexJobList)},
         errors=(400, 503),
+    ),
+    Operation(
+        "get", "/api/v1/sinks", "The result sinks an index job may name", INDEX,
+        operation_id="listSinks",
+        description="Names and kinds only: paths and DSNs stay with the operator.",
+        responses={200: Reply("The configured sinks.", SinkList)},
+        errors=(503,),
     ),
     Operation(
         "get", "/api/v1/index-jobs/{job_id}", "An index job's progress", INDEX,
@@ -163,7 +179,7 @@ register(
                 ),
             )
         },
-        errors=(400, 404, 503),
+        errors=(400, 404, 409, 503),
     ),
     Operation(
         "get", "/api/v1/models", "The models and whether a worker serves each now", SERVICE,

@@ -17,6 +17,7 @@ from common.queueing import make_celery
 from common.redis_client import connect
 from common.registry import Registry, load_registry
 from common.settings import Settings
+from common.sinks import SinkConfig, load_sinks
 
 PRESENCE_CACHE_SECONDS = 1.0
 
@@ -30,6 +31,7 @@ class Services:
     index_jobs: IndexJobStore
     cache: EmbeddingCache
     celery: Celery
+    sinks: dict[str, SinkConfig]
     _workers: tuple[float, list[presence.WorkerInfo]] = field(default=(0.0, []))
 
     @classmethod
@@ -43,6 +45,7 @@ class Services:
             index_jobs=IndexJobStore(client, settings.JOB_TTL_SECONDS),
             cache=EmbeddingCache(client, settings.CACHE_TTL_SECONDS, settings.CACHE_SIZE),
             celery=make_celery(settings, main="embeddings-api"),
+            sinks=load_sinks(settings.SINKS_FILE),
         )
 
     def workers(self) -> list[presence.WorkerInfo]:

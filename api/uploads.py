@@ -8,7 +8,7 @@ whole in memory, and a refused upload (on_error=fail) queues nothing.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -24,6 +24,10 @@ from common.schemas import Document, IndexJobOptions, first_error
 SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/json-lines"}
 LISTED_ERRORS = 20
+
+
+class _Duplicate(InvalidRequest):
+    """A document whose id an earlier document of the upload has."""
 
 
 @dataclass
@@ -85,17 +89,25 @@ def _sources() -> tuple[IndexJobOptions, Iterable[tuple[str, object]]]:
     )
 
 
-def read_upload(max_bytes: int) -> Upload:
-    """Validate every document; refuse the upload, or list the bad ones (on_error=skip)."""
+def read_upload(max_bytes: int, check: Callable[[IndexJobOptions], object]) -> Upload:
+    """Validate every document; refuse the upload, or list the bad ones (on_error=skip).
+
+    `check` sees the options before any document is read. A document id seen before in
+    the upload is a bad document: its rows could not be told apart in the results.
+    """
     request.max_content_length = max_bytes
     options, items = _sources()
+    check(options)
     upload = Upload(options, tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES))  # noqa: SIM115 (the caller closes it)
     errors: list[str] = []
+    first_seen: dict[str, str] = {}
     for where, item in items:
         try:
             if isinstance(item, InvalidRequest):
                 raise item
             doc = Document.model_validate(item, strict=True)
+            if (seen := first_seen.setdefault(str(doc.id), where)) != where:
+                raise _Duplicate(f"duplicate id {str(doc.id)!r}: {seen} has it too")
         except (ValidationError, InvalidRequest) as error:
             if isinstance(error, ValidationError):
                 param, message = first_error(error, prefix=where)
@@ -103,7 +115,9 @@ def read_upload(max_bytes: int) -> Upload:
                 param, message = where, error.message
             errors.append(f"{param}: {message}")
             doc_id = item.get("id") if isinstance(item, dict) else None
-            upload.rejected[str(doc_id) if isinstance(doc_id, str | int) else where] = message
+            # A duplicate is listed under its place: its id is the first one's, which runs.
+            known = isinstance(doc_id, str | int) and not isinstance(error, _Duplicate)
+            upload.rejected[str(doc_id) if known else where] = message
             continue
         upload.spool.write(orjson.dumps({"id": str(doc.id), "text": doc.text,
                                          "metadata": doc.metadata}) + b"\n")  # fmt: skip

@@ -49,6 +49,9 @@ class Client:
             "POST", "/api/v1/index-jobs", data=documents, params=params, headers=headers
         ).json()
 
+    def sinks(self) -> list[dict]:
+        return self._call("GET", "/api/v1/sinks").json()["data"]
+
     def index_job(self, job_id: str) -> dict:
         return self._call("GET", f"/api/v1/index-jobs/{job_id}").json()
 

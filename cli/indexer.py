@@ -81,25 +81,30 @@ def download(client: Client, state: State, output: Path, fmt: str) -> None:
 
 
 def run(
-    client: Client, source: Path | None, job_id: str | None, output: Path, fmt: str,
+    client: Client, source: Path | None, job_id: str | None, output: Path | None, fmt: str,
     params: dict[str, str],
 ) -> int:  # fmt: skip
-    saved = State.load(output)
+    """Submit (or re-attach), watch, then download to `output`; without one (a sink job),
+    the vectors stay in the sink."""
+    saved = State.load(output) if output else None
     if job_id is None and saved is not None:
         job_id = saved.job_id
-        say(f"re-attaching to job {job_id} (from {State.path(output)})")
+        say(f"re-attaching to job {job_id} (from {State.path(output)})")  # type: ignore[arg-type]
     if job_id is None:
         if source is None:
             raise SystemExit("give a JSONL file to index, or --job <id> to re-attach")
         job_id = submit(client, source, params)
     state = saved if saved is not None and saved.job_id == job_id else State(job_id)
-    state.save(output)
+    if output:
+        state.save(output)
     job = watch(client, job_id)
-    download(client, state, output, fmt)
-    State.path(output).unlink(missing_ok=True)
+    if output:
+        download(client, state, output, fmt)
+        State.path(output).unlink(missing_ok=True)
     chunks, docs = job["chunks"], job["documents"]
+    where = output or f"sink {job.get('sink')}"
     say(
-        f"{job['status']}: {chunks['done']} chunks of {docs['done']} documents -> {output}"
+        f"{job['status']}: {chunks['done']} chunks of {docs['done']} documents -> {where}"
         + (f"; {docs['failed']} documents failed" if docs["failed"] else "")
     )
     for failure in job.get("failures", [])[:10]:

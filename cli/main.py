@@ -56,23 +56,31 @@ def embed(texts: tuple[str, ...], model: str | None, url: str, api_key: str | No
 
 @main.command()
 @click.argument("source", required=False, type=click.Path(exists=True, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Download the vectors here (needed unless --sink names where they go).",
+)
 @click.option("--job", "job_id", default=None, help="Re-attach to this job instead of submitting.")
 @click.option("--model", default=None)
 @click.option("--max-tokens", type=int, default=None, help="Chunk size in tokens.")
 @click.option("--overlap-tokens", type=int, default=None)
 @click.option("--skip-bad", is_flag=True, help="Run the good documents when some are bad.")
+@click.option("--sink", default=None, help="Write the vectors to this sink (embeddings sinks).")
 @click.option("--format", "fmt", type=click.Choice(["ndjson", "npy", "npz"]), default="ndjson")
 @url_option
 @key_option
 def index(
-    source: Path | None, output: Path, job_id: str | None, model: str | None,
-    max_tokens: int | None, overlap_tokens: int | None, skip_bad: bool, fmt: str, url: str,
-    api_key: str | None,
+    source: Path | None, output: Path | None, job_id: str | None, model: str | None,
+    max_tokens: int | None, overlap_tokens: int | None, skip_bad: bool, sink: str | None,
+    fmt: str, url: str, api_key: str | None,
 ) -> None:  # fmt: skip
     """Index the documents of a JSONL file ({"id", "text", "metadata"?} per line)."""
+    if output is None and sink is None:
+        raise click.UsageError("give -o OUTPUT to download the vectors, or --sink NAME")
     params = {"model": model, "max_tokens": max_tokens, "overlap_tokens": overlap_tokens,
-              "on_error": "skip" if skip_bad else None}  # fmt: skip
+              "on_error": "skip" if skip_bad else None, "sink": sink}  # fmt: skip
     params = {k: str(v) for k, v in params.items() if v is not None}
     try:
         raise SystemExit(indexer.run(Client(url, api_key), source, job_id, output, fmt, params))
@@ -96,6 +104,21 @@ def jobs(limit: int, url: str, api_key: str | None) -> None:
             f"{job['id']}  {job['status']:<10} {job['model']:<20} "
             f"{docs['done']}/{docs['total']} docs  {job['created_at']}"
         )
+
+
+@main.command()
+@url_option
+@key_option
+def sinks(url: str, api_key: str | None) -> None:
+    """List the result sinks the operator configured (names and kinds)."""
+    try:
+        rows = Client(url, api_key).sinks()
+    except ApiError as error:
+        raise click.ClickException(str(error)) from None
+    for row in rows:
+        click.echo(f"{row['name']}\t{row['kind']}")
+    if not rows:
+        click.echo("no sinks configured (the operator sets SINKS_FILE)")
 
 
 @main.group()

@@ -1,10 +1,17 @@
 """Bulk index jobs in Redis: the plan, the results and progress derived from them.
 
 A job is split into batches of whole documents. Each batch's result is one hash field
-(packed float32 rows in plan order) written with HSETNX semantics by a Lua script, so a
-batch that a redelivered task computes again overwrites instead of adding, and the
-counters move only the first time a batch lands. The job ends when every chunk is
-stored or failed and the API has finished reading the upload.
+written with HSETNX semantics by a Lua script, so a batch that a redelivered task
+computes again overwrites instead of adding, and the counters move only the first time a
+batch lands. Without a sink the field holds the packed float32 rows in plan order; with
+one (common/sinks) the vectors are in the sink and the field is a marker (the batch's
+chunk count), and the batch's plan goes once the batch is stored: Redis keeps progress,
+not vectors. The job ends when every chunk is stored or failed and the API has finished
+reading the upload.
+
+Each attempt at a batch claims it when it starts (`begin`); only the attempt holding the
+claim may store or fail it, so a worker that was stopped (SIGSTOP, a partition), given
+up for lost and resumed later cannot overwrite the attempt that replaced it.
 """
 
 from __future__ import annotations
@@ -19,28 +26,35 @@ from common import keys
 from common.errors import JobNotFound
 from common.jobs import JobStatus, new_job_id
 
-PARTS = ("plan", "vectors", "batch_failed", "failed", "metadata")
+PARTS = ("plan", "vectors", "batch_failed", "failed", "metadata", "claims")
 
-# Finishes the job when nothing is left. KEYS[1]: job hash. Returns the status.
+# Finishes the job when nothing is left. Returns {status, 1 if this call finished it}.
 _SETTLE = """
 local function settle(job, now)
   local f = redis.call('HMGET', job, 'status', 'submitting', 'chunks_total',
                        'chunks_done', 'chunks_failed')
-  if (f[1] ~= 'queued' and f[1] ~= 'running') or f[2] == '1' then return f[1] end
+  if (f[1] ~= 'queued' and f[1] ~= 'running') or f[2] == '1' then return {f[1], 0} end
   local total, done, failed = tonumber(f[3] or 0), tonumber(f[4] or 0), tonumber(f[5] or 0)
-  if done + failed < total then return f[1] end
+  if done + failed < total then return {f[1], 0} end
   local final = 'succeeded'
   if done == 0 then final = 'failed' end
   redis.call('HSET', job, 'status', final, 'finished_at', now)
-  return final
+  return {final, 1}
+end
+-- Whether the attempt ARGV[attempt] may write the batch: it holds the claim ('' : any).
+local function claimed(claims, batch, attempt)
+  return attempt == '' or redis.call('HGET', claims, batch) == attempt
 end
 """
 
-# KEYS: job, vectors, batch_failed. ARGV: batch, packed rows, chunks, docs, now.
+# KEYS: job, vectors, batch_failed, claims, plan.
+# ARGV: batch, value (packed rows, or a marker), chunks, docs, now, attempt, drop plan.
 _STORE = (
     _SETTLE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if not claimed(KEYS[4], ARGV[1], ARGV[6]) then return {'stale', 0} end
+redis.call('HDEL', KEYS[4], ARGV[1])
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return settle(KEYS[1], ARGV[5]) end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[3])
@@ -49,20 +63,24 @@ if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
 else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
+if ARGV[7] == '1' then redis.call('HDEL', KEYS[5], ARGV[1]) end
 return settle(KEYS[1], ARGV[5])
 """
 )
 
-# KEYS: job, vectors, batch_failed, failed. ARGV: batch, reason, chunks, now, doc ids...
+# KEYS: job, vectors, batch_failed, failed, claims.
+# ARGV: batch, reason, chunks, now, attempt, doc ids...
 _FAIL = (
     _SETTLE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if not claimed(KEYS[5], ARGV[1], ARGV[5]) then return {'stale', 0} end
+redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
    and redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'chunks_failed', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'docs_failed', #ARGV - 4)
-  for i = 5, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[2]) end
+  redis.call('HINCRBY', KEYS[1], 'docs_failed', #ARGV - 5)
+  for i = 6, #ARGV do redis.call('HSET', KEYS[4], ARGV[i], ARGV[2]) end
   local ttl = redis.call('PTTL', KEYS[1])
   redis.call('PEXPIRE', KEYS[3], ttl)
   redis.call('PEXPIRE', KEYS[4], ttl)
@@ -80,17 +98,42 @@ return settle(KEYS[1], ARGV[1])
 """
 )
 
-# KEYS: job. ARGV: now. queued -> running (first batch), or any active -> cancelled.
-_MOVE = """
+# KEYS: job. ARGV: now. Any active -> cancelled.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+end
+"""
+
+# KEYS: job, claims. ARGV: now, batch, attempt. queued -> running (first batch), and the
+# attempt claims the batch. Returns the status.
+_BEGIN = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'queued' and status ~= 'running' then return status end
-if ARGV[2] == 'cancelled' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-elseif status == 'queued' then
+if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 end
-return redis.call('HGET', KEYS[1], 'status')
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
+return 'running'
 """
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a store or a failure left: the job's status, and whether it just ended."""
+
+    status: str
+    finished_now: bool
+
+    @classmethod
+    def of(cls, reply: list[bytes | int] | None) -> Settled:
+        if not reply:
+            return cls("expired", False)
+        status, now = reply
+        return cls(status.decode() if isinstance(status, bytes) else str(status), now == 1)
+
 
 _COUNTERS = (
     "docs_total", "docs_done", "docs_failed", "chunks_total", "chunks_done", "chunks_failed",
@@ -112,6 +155,8 @@ class IndexJob:
     dimensions: int
     counts: dict[str, int]
     chunking: dict[str, int]
+    sink: str | None = None
+    sink_error: str | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[bytes, bytes]) -> IndexJob:
@@ -130,6 +175,8 @@ class IndexJob:
             dimensions=int(field["dimensions"]),
             counts={name: int(field.get(name, 0)) for name in _COUNTERS},
             chunking=json.loads(field["chunking"]),
+            sink=field.get("sink") or None,
+            sink_error=field.get("sink_error") or None,
         )
 
 
@@ -140,7 +187,8 @@ class IndexJobStore:
         self._store = client.register_script(_STORE)
         self._fail = client.register_script(_FAIL)
         self._submitted = client.register_script(_SUBMITTED)
-        self._move = client.register_script(_MOVE)
+        self._cancel = client.register_script(_CANCEL)
+        self._begin = client.register_script(_BEGIN)
 
     def _part(self, job_id: str, part: str) -> str:
         return keys.index_job_part(job_id, part)
@@ -148,14 +196,15 @@ class IndexJobStore:
     # The API side: create, plan, finish reading.
 
     def create(
-        self, model: str, queue: str, owner: str, dimensions: int, chunking: dict[str, int]
-    ) -> str:
+        self, model: str, queue: str, owner: str, dimensions: int, chunking: dict[str, int],
+        sink: str | None = None,
+    ) -> str:  # fmt: skip
         job_id = new_job_id()
         now = time.time()
         mapping = {
             "status": JobStatus.QUEUED.value, "model": model, "queue": queue, "owner": owner,
             "dimensions": dimensions, "submitting": "1", "created_at": repr(now),
-            "chunking": json.dumps(chunking),
+            "chunking": json.dumps(chunking), "sink": sink or "",
         }  # fmt: skip
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.index_job(job_id), mapping=mapping)
@@ -192,8 +241,8 @@ class IndexJobStore:
             pipe.hincrby(keys.index_job(job_id), "docs_failed", len(failures))
             pipe.execute()
 
-    def submitted(self, job_id: str) -> None:
-        self._submitted(keys=[keys.index_job(job_id)], args=[repr(time.time())])
+    def submitted(self, job_id: str) -> Settled:
+        return Settled.of(self._submitted(keys=[keys.index_job(job_id)], args=[repr(time.time())]))
 
     def discard(self, job_id: str, owner: str) -> None:
         """Remove a job whose upload was refused."""
@@ -202,26 +251,48 @@ class IndexJobStore:
 
     # The worker side: start, store, fail.
 
-    def begin(self, job_id: str) -> JobStatus | None:
-        """queued -> running; returns the status now (None if the job is gone)."""
-        status = self._move(keys=[keys.index_job(job_id)], args=[repr(time.time()), "running"])
+    def begin(self, job_id: str, batch: int, attempt: str) -> JobStatus | None:
+        """queued -> running, and `attempt` claims the batch; returns the status now (None
+        if the job is gone). Only the attempt holding the claim may store or fail it."""
+        status = self._begin(
+            keys=[keys.index_job(job_id), self._part(job_id, "claims")],
+            args=[repr(time.time()), batch, attempt],
+        )
         return JobStatus(status.decode()) if status else None
 
-    def store_batch(self, job_id: str, batch: int, packed: bytes, chunks: int, docs: int) -> None:
-        self._store(
-            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
-                  self._part(job_id, "batch_failed")],
-            args=[batch, packed, chunks, docs, repr(time.time())],
-        )  # fmt: skip
+    def note_sink_error(self, job_id: str, message: str | None) -> None:
+        """The sink's last error while its writes are retried (None: it recovered)."""
+        if message is None:
+            self.redis.hdel(keys.index_job(job_id), "sink_error")
+        else:
+            self.redis.hset(keys.index_job(job_id), "sink_error", message)
 
-    def fail_batch(self, job_id: str, batch: int, reason: str) -> None:
-        """The batch's documents fail with `reason` (each once, in plan order)."""
-        doc_ids = list(dict.fromkeys(str(row[0]) for row in self.plan(job_id, batch)))
-        self._fail(
+    def holds_claim(self, job_id: str, batch: int, attempt: str) -> bool:
+        return self.redis.hget(self._part(job_id, "claims"), str(batch)) == attempt.encode()
+
+    def store_batch(
+        self, job_id: str, batch: int, value: bytes, chunks: int, docs: int,
+        attempt: str = "", drop_plan: bool = False,
+    ) -> Settled:  # fmt: skip
+        """Store a batch's packed rows (or, for a sink job, its marker: `drop_plan` then
+        removes its plan too). A stale attempt (see `begin`) changes nothing."""
+        return Settled.of(self._store(
             keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
-                  self._part(job_id, "batch_failed"), self._part(job_id, "failed")],
-            args=[batch, reason, self.plan_size(job_id, batch), repr(time.time()), *doc_ids],
-        )  # fmt: skip
+                  self._part(job_id, "batch_failed"), self._part(job_id, "claims"),
+                  self._part(job_id, "plan")],
+            args=[batch, value, chunks, docs, repr(time.time()), attempt, int(drop_plan)],
+        ))  # fmt: skip
+
+    def fail_batch(self, job_id: str, batch: int, reason: str, attempt: str = "") -> Settled:
+        """The batch's documents fail with `reason` (each once, in plan order)."""
+        plan = self.plan(job_id, batch)
+        doc_ids = list(dict.fromkeys(str(row[0]) for row in plan))
+        return Settled.of(self._fail(
+            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
+                  self._part(job_id, "batch_failed"), self._part(job_id, "failed"),
+                  self._part(job_id, "claims")],
+            args=[batch, reason, len(plan), repr(time.time()), attempt, *doc_ids],
+        ))  # fmt: skip
 
     # Reading.
 
@@ -232,14 +303,11 @@ class IndexJobStore:
         return IndexJob.from_hash(job_id, raw)
 
     def cancel(self, job_id: str) -> None:
-        self._move(keys=[keys.index_job(job_id)], args=[repr(time.time()), "cancelled"])
+        self._cancel(keys=[keys.index_job(job_id)], args=[repr(time.time())])
 
     def plan(self, job_id: str, batch: int) -> list[list[object]]:
         raw = self.redis.hget(self._part(job_id, "plan"), str(batch))
         return json.loads(raw) if raw else []
-
-    def plan_size(self, job_id: str, batch: int) -> int:
-        return len(self.plan(job_id, batch))
 
     def plans(self, job_id: str, batches: list[int]) -> list[list[list[object]]]:
         if not batches:
@@ -249,6 +317,13 @@ class IndexJobStore:
 
     def stored_batches(self, job_id: str) -> list[int]:
         return sorted(int(b) for b in self.redis.hkeys(self._part(job_id, "vectors")))
+
+    def markers(self, job_id: str, batches: list[int]) -> list[int]:
+        """A sink job's stored batches' chunk counts."""
+        if not batches:
+            return []
+        raw = self.redis.hmget(self._part(job_id, "vectors"), [str(b) for b in batches])
+        return [int(v or 0) for v in raw]
 
     def failed_batches(self, job_id: str) -> list[int]:
         return sorted(int(b) for b in self.redis.hkeys(self._part(job_id, "batch_failed")))

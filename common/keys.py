@@ -7,6 +7,10 @@ PREFIX = "emb"
 WORKERS = f"{PREFIX}:workers"
 """Hash: worker name -> JSON heartbeat (queues, device, models, time)."""
 
+WORKERS_HELD = f"{PREFIX}:workers:held"
+"""Hash: worker name -> JSON {at, tags}: the kombu delivery tags it held at its last
+heartbeat (workers/redelivery.py)."""
+
 
 def job(job_id: str) -> str:
     """Hash: a job's state, metadata and (when done) its packed vectors."""
@@ -140,3 +144,7 @@ def ledger_started(queue: str) -> str:
 KOMBU_UNACKED = "unacked"
 """kombu's Redis transport: hash of the messages workers hold (its `unacked_key`); each
 queue is a list under the queue's own name."""
+
+KOMBU_UNACKED_INDEX = "unacked_index"
+"""kombu's Redis transport: sorted set of the same delivery tags, scored by the time the
+message was taken (its `unacked_index_key`)."""

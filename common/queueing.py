@@ -22,6 +22,24 @@ EMBED_TASK = "embeddings.embed"
 INDEX_BATCH_TASK = "embeddings.index_batch"
 """One batch of a bulk index job; workers/indexing.py registers it."""
 
+INDEX_FINISH_TASK = "embeddings.index_finish"
+"""Closes a finished index job's sink (manifest, vector index); workers/indexing.py."""
+
+BULK_SUFFIX = "-bulk"
+
+
+def bulk_lane(queue: str) -> str:
+    """The queue of a queue's bulk work (index batches): `cpu` -> `cpu-bulk`.
+
+    A worker consumes the bulk lane of every queue it is given, after it: kombu's Redis
+    transport then pops interactive messages first (queue_order_strategy "priority").
+    """
+    return queue if queue.endswith(BULK_SUFFIX) else queue + BULK_SUFFIX
+
+
+ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QueueName), *(bulk_lane(q) for q in QueueName))
+"""Every queue, interactive lanes first: health, metrics and the broker's declarations."""
+
 
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
@@ -36,8 +54,10 @@ def celery_config(settings: Settings) -> dict[str, object]:
                 10, max(1, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS // 3)
             ),
             "unacked_restore_throttle": 1,
+            # BRPOP the queues in the order the worker consumes them: interactive first.
+            "queue_order_strategy": "priority",
         },
-        "task_queues": [Queue(q.value) for q in QueueName],
+        "task_queues": [Queue(q) for q in ALL_QUEUES],
         "task_default_queue": QueueName.CPU.value,
         "task_serializer": "json",
         "accept_content": ["json"],

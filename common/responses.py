@@ -127,6 +127,10 @@ class IndexJobProgress(BaseModel):
     batches: int
     chunking: ChunkingUsed
     dimensions: int
+    sink: Annotated[str | None, Field(description="The result sink's name; null: Redis.")]
+    sink_error: Annotated[
+        str | None, Field(description="The sink's last error while writes are retried.")
+    ]
     rate: Rate
     eta_seconds: float | None
     created_at: Timestamp
@@ -159,6 +163,15 @@ class IndexResultLine(BaseModel):
     end: int
     metadata: dict[str, object] | None
     embedding: list[float]
+
+
+class SinkInfo(BaseModel):
+    name: str
+    kind: Literal["parquet", "pgvector"]
+
+
+class SinkList(BaseModel):
+    data: list[SinkInfo]
 
 
 class ModelInfo(BaseModel):

@@ -134,6 +134,14 @@ class IndexJobOptions(BaseModel):
         Literal["fail", "skip"],
         Field(description="fail: refuse the upload if any document is bad; skip: run the rest."),
     ] = "fail"
+    sink: Annotated[
+        str | None,
+        Field(description="A result sink the operator named (GET /api/v1/sinks); unset: Redis."),
+    ] = None
+    cache: Annotated[
+        Literal["read", "write", "off"],
+        Field(description="read: use cached vectors; write: also cache new ones; off: neither."),
+    ] = "read"
 
 
 class IndexBatchTask(EmbedTask):
@@ -141,6 +149,19 @@ class IndexBatchTask(EmbedTask):
 
     batch: int
     docs: int
+    sink: str | None = Field(default=None, description="The sink's name; None: Redis.")
+    rows: list[tuple[str, int, int, int]] | None = Field(
+        default=None, description="A sink job's plan: (doc id, chunk, start, end) per text."
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None, description="A sink job's metadata: doc id -> JSON text."
+    )
+
+
+class IndexFinishTask(BaseModel):
+    """Close a finished sink job: its manifest, its vector index (common/sinks)."""
+
+    job_id: str
 
 
 def _param(loc: tuple[int | str, ...]) -> str:

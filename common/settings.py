@@ -101,6 +101,16 @@ class Settings(BaseSettings):
     MAX_UPLOAD_BYTES: Annotated[
         int, Field(ge=1024, description="Largest index-job upload (streamed, never in memory).")
     ] = 8 * 1024**3
+    SINKS_FILE: Annotated[
+        Path | None, Field(description="TOML file naming index jobs' result sinks; unset: none.")
+    ] = None
+    SINK_MAX_RETRIES: Annotated[
+        int,
+        Field(ge=0, le=20, description="Retries of a failing sink write; then the batch fails."),
+    ] = 4
+    SINK_RETRY_BACKOFF_SECONDS: Annotated[
+        float, Field(gt=0, description="First wait before a sink write is retried; doubles.")
+    ] = 1.0
     INDEX_BATCH_CHUNKS: Annotated[
         int, Field(ge=1, le=4096, description="Chunks per index-job task (whole documents).")
     ] = 64
@@ -127,6 +137,10 @@ class Settings(BaseSettings):
     BROKER_VISIBILITY_TIMEOUT_SECONDS: Annotated[
         int, Field(ge=1, description="A dead worker's unacked tasks are redelivered after it.")
     ] = 1800
+    WORKER_LOST_AFTER_SECONDS: Annotated[
+        float,
+        Field(ge=2, description="A worker silent this long is lost; its messages go back."),
+    ] = 20.0
     REDIS_MAX_FILL_RATIO: Annotated[
         float, Field(gt=0, le=1, description="Past this share of maxmemory new jobs get 507.")
     ] = 0.9

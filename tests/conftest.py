@@ -20,6 +20,7 @@ from api.app import create_app
 from cli.redis_server import RedisServer, free_port
 from common import presence
 from common.settings import Settings, load_settings
+from tests.pg import pg_url  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "all-MiniLM-L6-v2"

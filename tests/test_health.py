@@ -22,7 +22,7 @@ def test_health_reports_redis_workers_models_and_cache(client: FlaskClient) -> N
     assert body["status"] == "ok"
     assert body["redis"]["ok"] is True
     assert body["queues"]["cpu"]["workers"] >= 1
-    assert set(body["queues"]) == {"cpu", "gpu", "remote"}
+    assert set(body["queues"]) == {"cpu", "gpu", "remote", "cpu-bulk", "gpu-bulk", "remote-bulk"}
     assert any(w["name"].startswith("test@") and MODEL in w["models"] for w in body["workers"])
     assert {m["id"]: m["available"] for m in body["models"]}[MODEL] is True
     assert set(body["cache"]) == {"entries", "hits", "misses", "hit_ratio"}

@@ -7,14 +7,20 @@ length and cuts them into the passes of least padded cost (`plan_passes`), of at
 `batch_size` texts and `max_tokens` padded tokens each; then gives each submitter its own
 rows in its own order. While the model is busy new requests pile up, so batches grow with
 load and an idle model adds no wait beyond `wait_s`.
+
+Two lanes: interactive work (sync calls, jobs) is always taken first; bulk work (index
+batches) is cut into pieces of at most `batch_size` texts and adds at most one such
+piece's worth of texts to a collection, first in first out. A pass already running is
+never interrupted, so bulk passes stay short and bulk tasks finish one after another,
+freeing their worker slots for interactive messages.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -84,6 +90,30 @@ def plan_passes(
     return passes[::-1]
 
 
+def _joined(parts: list[Future[np.ndarray]]) -> Future[np.ndarray]:
+    """One future for the rows of several, in order; the first error wins."""
+    if len(parts) == 1:
+        return parts[0]
+    joined: Future[np.ndarray] = Future()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def done(_: Future[np.ndarray]) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        errors = [p.exception() for p in parts if p.exception() is not None]
+        if errors:
+            joined.set_exception(errors[0])  # type: ignore[arg-type]
+        else:
+            joined.set_result(np.concatenate([p.result() for p in parts]))
+
+    for part in parts:
+        part.add_done_callback(done)
+    return joined
+
+
 def _record(hook: Callable[[Any], None], stats: PassStats | CollectionStats) -> None:
     """Figures are best effort: a failing hook (Redis away) must neither fail the batch
     nor, outside its try, kill the model thread and leave every later task waiting."""
@@ -111,31 +141,55 @@ class Batcher:
         self.overhead_tokens = overhead_tokens
         self.on_pass = on_pass
         self.on_collection = on_collection
-        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._interactive: deque[_Pending] = deque()
+        self._bulk: deque[_Pending] = deque()
+        self._ready = threading.Condition()
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{encoder.name}", daemon=True
         )
         self._thread.start()
 
-    def submit(self, texts: list[str], tokens: list[int]) -> Future[np.ndarray]:
+    def submit(self, texts: list[str], tokens: list[int], bulk: bool = False) -> Future[np.ndarray]:
         """Rows for `texts` (float32, not normalized) once the model has run them."""
-        pending = _Pending(texts, tokens)
-        self._queue.put(pending)
-        return pending.future
+        if not bulk:
+            pending = _Pending(texts, tokens)
+            self._put(self._interactive, [pending])
+            return pending.future
+        step = self.batch_size
+        pieces = [_Pending(texts[i : i + step], tokens[i : i + step])
+                  for i in range(0, len(texts), step)]  # fmt: skip
+        self._put(self._bulk, pieces)
+        return _joined([piece.future for piece in pieces])
+
+    def _put(self, lane: deque[_Pending], items: list[_Pending]) -> None:
+        with self._ready:
+            lane.extend(items)
+            self._ready.notify()
 
     def _collect(self) -> list[_Pending]:
-        batch = [self._queue.get()]
-        tokens = sum(batch[0].tokens)
-        deadline = time.monotonic() + self.wait_s
-        while tokens < self.max_tokens:
-            try:
-                # Whatever piled up while the model was busy; then a short wait for more.
-                left = deadline - time.monotonic()
-                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            batch.append(item)
-            tokens += sum(item.tokens)
+        """Interactive items up to the token budget (waiting `wait_s` for more), then bulk
+        pieces, oldest first, up to one pass (`batch_size` texts) in all."""
+        batch: list[_Pending] = []
+        tokens = 0
+        with self._ready:
+            while not self._interactive and not self._bulk:
+                self._ready.wait()
+            deadline = time.monotonic() + self.wait_s
+            while tokens < self.max_tokens:
+                if self._interactive:
+                    item = self._interactive.popleft()
+                    batch.append(item)
+                    tokens += sum(item.tokens)
+                    continue
+                left = deadline - time.monotonic()  # no wait while bulk work is queued
+                if self._bulk or left <= 0 or not self._ready.wait(left):
+                    break
+            texts = sum(len(item.texts) for item in batch)
+            while self._bulk and texts < self.batch_size and tokens < self.max_tokens:
+                item = self._bulk.popleft()
+                batch.append(item)
+                texts += len(item.texts)
+                tokens += sum(item.tokens)
         return batch
 
     def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:

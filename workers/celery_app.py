@@ -16,9 +16,9 @@ from celery import signals
 from celery.worker import WorkController
 
 from common import presence
-from common.queueing import make_celery
+from common.queueing import bulk_lane, make_celery
 from common.settings import SettingsError, get_settings
-from workers import indexing, metrics, runtime, task_logs, tasks
+from workers import background, indexing, metrics, runtime, task_logs, tasks
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,11 @@ _stop_threads = threading.Event()
 
 @signals.celeryd_after_setup.connect
 def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
-    queues = list(instance.app.amqp.queues.consume_from)
+    consumed = instance.app.amqp.queues
+    for queue in list(consumed.consume_from):  # each queue's bulk lane, after all of them
+        if bulk_lane(queue) not in consumed.consume_from:
+            consumed.select_add(bulk_lane(queue))
+    queues = list(consumed.consume_from)
     if {"cpu", "gpu"} & set(queues) and instance.pool_cls.__module__.endswith("prefork"):
         # A forked child must never inherit CUDA, and each child would load its own model.
         sys.exit("embeddings worker: local-model queues need --pool threads (or solo)")
@@ -51,12 +55,7 @@ def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
         metrics.serve(settings, rt.registry, rt.name, rt.queues, rt.device)
     except OSError as error:
         sys.exit(f"embeddings worker: WORKER_METRICS_PORT={settings.WORKER_METRICS_PORT}: {error}")
-    threading.Thread(
-        target=rt.heartbeat_forever, args=(_stop_threads,), name="heartbeat", daemon=True
-    ).start()
-    threading.Thread(
-        target=rt.sweep_forever, args=(_stop_threads,), name="ledger-sweep", daemon=True
-    ).start()
+    background.start(rt, _stop_threads)
 
 
 @signals.worker_shutdown.connect
@@ -65,5 +64,7 @@ def _stop_runtime(**_: object) -> None:
     try:
         rt = runtime.current()
         presence.forget(rt.redis, rt.name)
+        for sink in rt.sinks.values():
+            sink.close()
     except Exception as error:  # shutting down anyway
         log.debug("could not deregister: %s", error)

@@ -11,10 +11,9 @@ import logging
 import os
 import socket
 import threading
-import time
 from dataclasses import dataclass, field
 
-from common import ledger, presence
+from common import presence
 from common.cache import EmbeddingCache
 from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
@@ -22,6 +21,7 @@ from common.queueing import QueueName
 from common.redis_client import connect
 from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
+from common.sinks import Sink, SinkError, load_sinks, open_sink
 from workers.batcher import Batcher
 from workers.metrics import BatchHooks
 from workers.remote import RemoteModels
@@ -48,7 +48,9 @@ class WorkerRuntime:
     device: str = field(init=False, default="cpu")
     batchers: dict[str, Batcher] = field(init=False, default_factory=dict)
     remote: RemoteModels = field(init=False)
+    sinks: dict[str, Sink] = field(init=False, default_factory=dict)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    _sink_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.redis = connect(self.settings.REDIS_URL)
@@ -57,6 +59,17 @@ class WorkerRuntime:
         self.cache = EmbeddingCache(self.redis, self.settings.CACHE_TTL_SECONDS, local_size=0)
         # Remote providers' clients are built on first use: light, no model to load.
         self.remote = RemoteModels(self.settings, self.registry, self.redis)
+        self.sink_configs = load_sinks(self.settings.SINKS_FILE)
+
+    def sink(self, name: str) -> Sink:
+        """The named sink, opened on first use (SinkError if it is not configured here)."""
+        with self._sink_lock:
+            if name not in self.sinks:
+                config = self.sink_configs.get(name)
+                if config is None:
+                    raise SinkError(name, "not in this worker's SINKS_FILE")
+                self.sinks[name] = open_sink(config)
+            return self.sinks[name]
 
     def receives(self, spec: ModelSpec) -> bool:
         """Whether this worker's queues get the model's tasks ("local": the cpu or gpu queue)."""
@@ -150,37 +163,6 @@ class WorkerRuntime:
             ),
             pid=os.getpid(),
         )
-
-    def end_lost(self, work: ledger.Note) -> None:
-        """The work of a message lost before its task started ends failed, with the reason."""
-        reason = f"{ledger.LOST_REASON}: {ledger.LOST_MESSAGE}"
-        log.warning("%s %s%s: its message was lost; failed", work.kind, work.job_id,
-                    "" if work.batch is None else f" batch {work.batch}")  # fmt: skip
-        if work.kind == "embed":
-            self.jobs.fail(work.job_id, ledger.LOST_REASON, ledger.LOST_MESSAGE)
-        elif work.batch is not None:
-            self.index_jobs.fail_batch(work.job_id, work.batch, reason)
-
-    def sweep_forever(self, stop: threading.Event) -> None:
-        """Sweep the ledger (common/ledger.py) now and then, one worker at a time."""
-        visibility = self.settings.BROKER_VISIBILITY_TIMEOUT_SECONDS
-        interval = min(ledger.SWEEP_SECONDS, visibility / 2)
-        while not stop.wait(interval):
-            try:
-                with ledger.turn(self.redis, interval) as mine:
-                    if mine:
-                        ledger.sweep(self.redis, 2 * visibility, self.settings.JOB_TTL_SECONDS,
-                                     self.end_lost, time.time())  # fmt: skip
-            except Exception as error:  # Redis away for a moment: the next sweep
-                log.warning("ledger sweep failed: %s: %s", type(error).__name__, error)
-
-    def heartbeat_forever(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                presence.beat(self.redis, self.info())
-            except Exception as error:  # Redis away for a moment: try again next beat
-                log.warning("heartbeat failed: %s", error)
-            stop.wait(presence.HEARTBEAT_SECONDS)
 
 
 _runtime: WorkerRuntime | None = None

@@ -38,8 +38,9 @@ def requeue_on_storage_error(job_id: str) -> Iterator[None]:
         raise Reject(str(error), requeue=True) from error
 
 
-def compute(task: EmbedTask) -> np.ndarray:
-    """The job's vectors: cached rows from Redis, the rest from the model (then cached)."""
+def compute(task: EmbedTask, bulk: bool = False) -> np.ndarray:
+    """The job's vectors: cached rows from Redis, the rest from the model (then cached).
+    `bulk`: index work, which a local model's batcher serves after interactive work."""
     rt = runtime.current()
     spec = rt.registry.get(task.model)
     wanted = task.options.dimensions
@@ -54,7 +55,7 @@ def compute(task: EmbedTask) -> np.ndarray:
     if misses:
         texts, tokens = [task.texts[i] for i in misses], [task.tokens[i] for i in misses]
         if spec.provider is Provider.LOCAL:
-            computed = rt.batcher(spec).submit(texts, tokens).result()
+            computed = rt.batcher(spec).submit(texts, tokens, bulk).result()
         else:  # Ollama, OpenAI: called from this thread, no batcher
             computed = rt.remote.embed(spec, texts, tokens, task.options.truncate)
         if wanted and computed.shape[1] > wanted:  # Matryoshka: cut, then re-normalize

@@ -14,7 +14,7 @@ from flask import Blueprint, Response, jsonify
 from api.pipeline import pick_queue
 from api.routes.models import model_entry, provider_states
 from api.services import services
-from common.queueing import QueueName
+from common.queueing import ALL_QUEUES, QueueName
 from common.registry import Provider
 
 bp = Blueprint("health", __name__)
@@ -27,7 +27,7 @@ def health() -> tuple[Response, int]:
     try:
         svc.redis.ping()
         latency_ms = (time.perf_counter() - started) * 1000
-        depths = {q.value: int(svc.redis.llen(q.value)) for q in QueueName}
+        depths = {q: int(svc.redis.llen(q)) for q in ALL_QUEUES}
         workers = svc.workers()
         states = provider_states(svc)
     except redis.RedisError as error:

@@ -10,12 +10,12 @@ from flask import Blueprint, Response, request, send_file, url_for
 
 from api import indexing, results
 from api.auth import owner
-from api.pipeline import CachePolicy
 from api.render import iso, json_response
 from api.services import services
 from api.uploads import read_upload
 from common.errors import InvalidRequest
 from common.index_jobs import IndexJob
+from common.sinks import public
 
 bp = Blueprint("index_jobs", __name__)
 
@@ -42,6 +42,8 @@ def _progress(job: IndexJob) -> dict[str, object]:
         "batches": counts["batches_total"],
         "chunking": job.chunking,
         "dimensions": job.dimensions,
+        "sink": job.sink,
+        "sink_error": job.sink_error,
         "rate": {
             "chunks_per_second": round(rate, 2),
             "documents_per_second": round(counts["docs_done"] / elapsed, 2) if elapsed else 0.0,
@@ -57,13 +59,20 @@ def _progress(job: IndexJob) -> dict[str, object]:
 @bp.post("/api/v1/index-jobs")
 def create_index_job() -> Response:
     svc = services()
-    upload = read_upload(svc.settings.MAX_UPLOAD_BYTES)
+    upload = read_upload(
+        svc.settings.MAX_UPLOAD_BYTES, lambda options: indexing.check_sink(svc, options.sink)
+    )
     with upload.spool:
-        policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
-        job_id = indexing.submit(svc, upload, owner(), policy)
+        job_id = indexing.submit(svc, upload, owner(), request.headers.get("Cache-Control"))
     body = {"id": job_id, "status": "queued", "documents": upload.valid,
             "rejected": len(upload.rejected), **_urls(job_id)}  # fmt: skip
     return json_response(body, 202, headers={"Location": body["status_url"]})
+
+
+@bp.get("/api/v1/sinks")
+def list_sinks() -> Response:
+    """The result sinks an index job may name: names and kinds, never paths or DSNs."""
+    return json_response({"data": public(services().sinks)})
 
 
 @bp.get("/api/v1/index-jobs/<job_id>")
@@ -148,6 +157,7 @@ def get_results(job_id: str) -> Response:
     fmt = request.args.get("format", "ndjson")
     if fmt not in ("ndjson", "npy", "npz"):
         raise InvalidRequest("format: ndjson, npy or npz", param="format")
+    source = results.source(svc, job)
     emit, cursor = _window(
         job, set(store.stored_batches(job_id)), set(store.failed_batches(job_id)),
         _int_arg("cursor", 0, 0, 10**9), _int_arg("limit", 10**9, 1, 10**9),
@@ -156,12 +166,11 @@ def get_results(job_id: str) -> Response:
     if cursor is not None:
         headers["X-Next-Cursor"] = str(cursor)
     if fmt == "npz":
-        archive = results.npz(store, job_id, emit, job.dimensions)
+        archive = results.npz(source, emit)
         response = send_file(archive, mimetype="application/zip", download_name=f"{job_id}.npz")
         response.headers.update(headers)
         return response
     if fmt == "npy":
-        stream = results.npy(store, job_id, emit, job.dimensions)
+        stream = results.npy(source, emit)
         return Response(stream, mimetype="application/octet-stream", headers=headers)
-    stream = results.ndjson(store, job_id, emit, job.dimensions)
-    return Response(stream, mimetype="application/x-ndjson", headers=headers)
+    return Response(results.ndjson(source, emit), mimetype="application/x-ndjson", headers=headers)
