@@ -25,7 +25,7 @@ USAGE = """usage: python3 dev.py COMMAND [ARGS...]
   test    install, then run the test suite (pytest ARGS...)
   bench   install, then run the benchmark suites, then their bars' summary: ARGS go to
           bench/run.py, [SUITE ...] of foundation throughput indexing load backends
-          (gpu, on a CUDA machine, only when named), --quick for a smoke run
+          (gpu on a CUDA machine, and scale: only when named), --quick for a smoke run
   lint    ruff check and ruff format --check
   fuzz    install, then fuzz the API from /openapi.json at length: FUZZ_EXAMPLES cases
           per operation and kind (default 200), FUZZ_SEED replays a run; ARGS go to pytest

@@ -252,6 +252,14 @@ class LocalService:
         self.worker = None
         return self._start_worker(backend)
 
+    def kill_worker(self) -> float:
+        """SIGKILL the worker (an OOM kill, a lost node) and start another at once; seconds
+        until the new one has the model."""
+        if self.worker is not None:
+            self.worker.send_signal(signal.SIGKILL)
+            self.worker.wait()
+        return self._start_worker(self.backend)
+
     def log_tails(self, lines: int = 20) -> str:
         out = []
         for log in sorted(self.dir.glob("*.log")):

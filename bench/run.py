@@ -11,6 +11,8 @@ Suites (default: all, in this order):
   backends    torch against ONNX Runtime (fp32, int8) encoders in-process, and agreement
   gpu         only when named, on a CUDA machine: the gpu-queue worker (float16, memory
               fraction, token-budget passes) against raw encode on the same GPU
+  scale       only when named: 50,000 documents into a parquet and a pgvector sink, and
+              a worker SIGKILLed halfway (Redis and RSS over time, sync calls meanwhile)
 
 Each suite runs as its own process (`python bench/<suite>.py`, its output passed
 through; load must, as locust patches the standard library with gevent) and writes its
@@ -35,8 +37,8 @@ from report import RESULTS_FILE_ENV, Bar, bar_line, shown_path
 from suite import RESULTS_DIR, ROOT
 
 SUITES = ("foundation", "throughput", "indexing", "load", "backends")
-ON_REQUEST = ("gpu",)
-"""Suites run only when named: gpu needs CUDA."""
+ON_REQUEST = ("gpu", "scale")
+"""Suites run only when named: gpu needs CUDA; scale takes about half an hour here."""
 QUICK = {
     "foundation": ["--limit", "200", "--single", "40"],
     "throughput": ["--limit", "256", "--singles", "64", "--wrk-seconds", "2"],
@@ -44,6 +46,7 @@ QUICK = {
     "load": ["--seconds", "10", "--warmup", "5", "--users", "8"],
     "backends": ["--limit", "200", "--single", "20", "--agreement", "100"],
     "gpu": ["--limit", "256", "--singles", "64"],
+    "scale": ["--docs", "3000", "--raw-sample", "500", "--index-wait", "60"],
 }
 
 

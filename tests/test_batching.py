@@ -96,6 +96,30 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
     assert batcher.submit(["fine"], [1]).result(5).shape == (1, 2)
 
 
+def test_interactive_work_goes_first_and_bulk_runs_in_passes_of_one_piece() -> None:
+    """Bulk work (index batches) is cut into pieces of at most batch_size texts; a
+    collection takes interactive work first and at most one pass of bulk, so a sync call
+    waits for at most the pass that is running, and bulk tasks finish one after another."""
+    encoder = CountingEncoder()
+    batcher = Batcher(encoder, batch_size=4, max_tokens=1000, wait_s=0, overhead_tokens=48)
+    first_bulk = batcher.submit([f"a{i}" for i in range(10)], [2] * 10, bulk=True)
+    assert encoder.busy.wait(5)  # the first bulk pass runs; the rest of the work queues up
+    second_bulk = batcher.submit([f"b{i}" for i in range(8)], [2] * 8, bulk=True)
+    interactive = batcher.submit(["now"], [1])
+    encoder.gate.set()
+    rows = first_bulk.result(5)
+    assert rows[:, 0].tolist() == [2] * 10  # its pieces' rows, joined in order
+    interactive.result(5)
+    second_bulk.result(5)
+    assert encoder.calls[0] == ["a0", "a1", "a2", "a3"]  # one piece: one pass
+    assert encoder.calls[1] == ["now"]  # ahead of the bulk that waited longer
+    assert encoder.calls[2] == ["a4", "a5", "a6", "a7"]  # then bulk, which waited once
+    assert all(len(texts) <= 4 for texts in encoder.calls)
+    a_done = max(i for i, texts in enumerate(encoder.calls) if texts[0].startswith("a"))
+    b_first = min(i for i, texts in enumerate(encoder.calls) if texts[0].startswith("b"))
+    assert a_done < b_first  # first in, first out: the first task's slot frees first
+
+
 @pytest.fixture(scope="module")
 def reference(settings: Settings) -> SentenceTransformer:
     path = load_registry(settings).get(MODEL).local_path()

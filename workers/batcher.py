@@ -9,10 +9,11 @@ rows in its own order. While the model is busy new requests pile up, so batches 
 load and an idle model adds no wait beyond `wait_s`.
 
 Two lanes: interactive work (sync calls, jobs) is always taken first; bulk work (index
-batches) is cut into pieces of at most `batch_size` texts and adds at most one such
-piece's worth of texts to a collection, first in first out. A pass already running is
-never interrupted, so bulk passes stay short and bulk tasks finish one after another,
-freeing their worker slots for interactive messages.
+batches) is cut into pieces of at most `batch_size` texts, and a collection takes at most
+one piece, oldest first: alone, or with interactive work when it fits in the same pass,
+or when bulk waited through the collection before (so bulk keeps at least every other
+one). A pass already running is never interrupted, so bulk passes stay short and bulk
+tasks finish one after another, freeing their worker slots for interactive messages.
 """
 
 from __future__ import annotations
@@ -144,6 +145,7 @@ class Batcher:
         self._interactive: deque[_Pending] = deque()
         self._bulk: deque[_Pending] = deque()
         self._ready = threading.Condition()
+        self._bulk_waited = False
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{encoder.name}", daemon=True
         )
@@ -167,8 +169,9 @@ class Batcher:
             self._ready.notify()
 
     def _collect(self) -> list[_Pending]:
-        """Interactive items up to the token budget (waiting `wait_s` for more), then bulk
-        pieces, oldest first, up to one pass (`batch_size` texts) in all."""
+        """Interactive items up to the token budget (waiting `wait_s` for more), then the
+        oldest bulk piece: alone, or where it fits in the same pass, or when bulk waited
+        through the last collection (so it keeps at least every other one)."""
         batch: list[_Pending] = []
         tokens = 0
         with self._ready:
@@ -185,11 +188,14 @@ class Batcher:
                 if self._bulk or left <= 0 or not self._ready.wait(left):
                     break
             texts = sum(len(item.texts) for item in batch)
-            while self._bulk and texts < self.batch_size and tokens < self.max_tokens:
-                item = self._bulk.popleft()
-                batch.append(item)
-                texts += len(item.texts)
-                tokens += sum(item.tokens)
+            take = bool(self._bulk) and (
+                not batch
+                or texts + len(self._bulk[0].texts) <= self.batch_size
+                or self._bulk_waited
+            )
+            self._bulk_waited = bool(self._bulk) and not take
+            if take:
+                batch.append(self._bulk.popleft())
         return batch
 
     def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:
