@@ -29,12 +29,14 @@ BULK_SUFFIX = "-bulk"
 
 
 def bulk_lane(queue: str) -> str:
-    """The queue of a queue's bulk work (index batches): `cpu` -> `cpu-bulk`.
+    """The queue of a queue's bulk work (index batches): `cpu` -> `cpu-bulk`. A worker
+    consumes the bulk lane of every queue it is given, apart from its Celery pool
+    (workers/bulk_lane.py)."""
+    return queue if is_bulk_lane(queue) else queue + BULK_SUFFIX
 
-    A worker consumes the bulk lane of every queue it is given, after it: kombu's Redis
-    transport then pops interactive messages first (queue_order_strategy "priority").
-    """
-    return queue if queue.endswith(BULK_SUFFIX) else queue + BULK_SUFFIX
+
+def is_bulk_lane(queue: str) -> bool:
+    return queue.endswith(BULK_SUFFIX)
 
 
 ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QueueName), *(bulk_lane(q) for q in QueueName))
@@ -54,8 +56,6 @@ def celery_config(settings: Settings) -> dict[str, object]:
                 10, max(1, settings.BROKER_VISIBILITY_TIMEOUT_SECONDS // 3)
             ),
             "unacked_restore_throttle": 1,
-            # BRPOP the queues in the order the worker consumes them: interactive first.
-            "queue_order_strategy": "priority",
         },
         "task_queues": [Queue(q) for q in ALL_QUEUES],
         "task_default_queue": QueueName.CPU.value,

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     SINK_RETRY_BACKOFF_SECONDS: Annotated[
         float, Field(gt=0, description="First wait before a sink write is retried; doubles.")
     ] = 1.0
+    INDEX_CONCURRENCY: Annotated[
+        int, Field(ge=1, le=256, description="Index batches a worker holds at once (bulk lane).")
+    ] = 4
+    BULK_PASS_TOKENS: Annotated[
+        int,
+        Field(ge=16, description="Padded tokens of one bulk pass: what a sync call may wait."),
+    ] = 1024
     INDEX_BATCH_CHUNKS: Annotated[
         int, Field(ge=1, le=4096, description="Chunks per index-job task (whole documents).")
     ] = 64

@@ -120,6 +120,19 @@ def test_interactive_work_goes_first_and_bulk_runs_in_passes_of_one_piece() -> N
     assert a_done < b_first  # first in, first out: the first task's slot frees first
 
 
+def test_bulk_passes_stay_within_their_token_budget() -> None:
+    encoder = CountingEncoder()
+    encoder.gate.set()
+    batcher = Batcher(encoder, batch_size=32, max_tokens=10_000, wait_s=0, overhead_tokens=48,
+                      bulk_tokens=10)  # fmt: skip
+    texts = ["aaaa", "bbbb", "cccc", "dddd", "e" * 20]
+    rows = batcher.submit(texts, [4, 4, 4, 4, 20], bulk=True).result(5)
+    assert rows[:, 0].tolist() == [4, 4, 4, 4, 20]
+    assert [len(call) for call in encoder.calls] == [2, 2, 1]  # 2 x 4 <= 10 < 3 x 4
+    batcher.submit(["f" * 20, "g"], [20, 1], bulk=True).result(5)
+    assert encoder.calls[-2:] == [["f" * 20], ["g"]]  # over the budget alone: its own pass
+
+
 @pytest.fixture(scope="module")
 def reference(settings: Settings) -> SentenceTransformer:
     path = load_registry(settings).get(MODEL).local_path()

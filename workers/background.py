@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from common import ledger, presence
-from workers import redelivery
+from workers import bulk_lane, redelivery
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,8 @@ def end_lost(rt: WorkerRuntime, work: ledger.Note) -> None:
 def heartbeat(rt: WorkerRuntime) -> None:
     """Say this worker is alive, and which messages it holds (workers/redelivery.py)."""
     presence.beat(rt.redis, rt.info())
-    redelivery.publish(rt.redis, rt.name, redelivery.held_tags(), time.time())
+    held = [*redelivery.held_tags(), *bulk_lane.held_tags()]
+    redelivery.publish(rt.redis, rt.name, held, time.time())
 
 
 def sweep_ledger(rt: WorkerRuntime) -> None:

@@ -8,12 +8,12 @@ length and cuts them into the passes of least padded cost (`plan_passes`), of at
 rows in its own order. While the model is busy new requests pile up, so batches grow with
 load and an idle model adds no wait beyond `wait_s`.
 
-Two lanes: interactive work (sync calls, jobs) is always taken first; bulk work (index
-batches) is cut into pieces of at most `batch_size` texts, and a collection takes at most
-one piece, oldest first: alone, or with interactive work when it fits in the same pass,
-or when bulk waited through the collection before (so bulk keeps at least every other
-one). A pass already running is never interrupted, so bulk passes stay short and bulk
-tasks finish one after another, freeing their worker slots for interactive messages.
+Two lanes: interactive work (sync calls, jobs) is always taken first. Bulk work (index
+batches) is cut into pieces of at most `batch_size` texts and `bulk_tokens` padded tokens,
+one short pass each, and a collection takes at most one piece, oldest first: alone, or
+with interactive work when it fits in the same pass, or when bulk waited through the
+collection before (so bulk keeps at least every other one). A pass already running is
+never interrupted, so what a sync call may wait behind is one short bulk pass.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ class Batcher:
         max_tokens: int,
         wait_s: float,
         overhead_tokens: int,
+        bulk_tokens: int | None = None,
         on_pass: Callable[[PassStats], None] = lambda _: None,
         on_collection: Callable[[CollectionStats], None] = lambda _: None,
     ) -> None:
@@ -140,6 +141,7 @@ class Batcher:
         self.max_tokens = max_tokens
         self.wait_s = wait_s
         self.overhead_tokens = overhead_tokens
+        self.bulk_tokens = bulk_tokens or max_tokens
         self.on_pass = on_pass
         self.on_collection = on_collection
         self._interactive: deque[_Pending] = deque()
@@ -157,11 +159,22 @@ class Batcher:
             pending = _Pending(texts, tokens)
             self._put(self._interactive, [pending])
             return pending.future
-        step = self.batch_size
-        pieces = [_Pending(texts[i : i + step], tokens[i : i + step])
-                  for i in range(0, len(texts), step)]  # fmt: skip
+        pieces = [_Pending(texts[i:j], tokens[i:j]) for i, j in self._pieces(tokens)]
         self._put(self._bulk, pieces)
         return _joined([piece.future for piece in pieces])
+
+    def _pieces(self, tokens: list[int]) -> list[tuple[int, int]]:
+        """Consecutive spans of at most `batch_size` texts and `bulk_tokens` padded tokens
+        (one text at least)."""
+        spans, start, longest = [], 0, 0
+        for i, n in enumerate(tokens):
+            longest = max(longest, n)
+            count = i - start + 1
+            if count > 1 and (count > self.batch_size or longest * count > self.bulk_tokens):
+                spans.append((start, i))
+                start, longest = i, n
+        spans.append((start, len(tokens)))
+        return spans
 
     def _put(self, lane: deque[_Pending], items: list[_Pending]) -> None:
         with self._ready:

@@ -19,6 +19,7 @@ from common import presence
 from common.queueing import bulk_lane, make_celery
 from common.settings import SettingsError, get_settings
 from workers import background, indexing, metrics, runtime, task_logs, tasks
+from workers.bulk_lane import BulkLane
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,15 @@ task_logs.install(settings)
 app = make_celery(settings)
 tasks.register(app)
 indexing.register(app)
+app.steps["consumer"].add(BulkLane)
 _stop_threads = threading.Event()
 
 
 @signals.celeryd_after_setup.connect
 def _start_runtime(sender: str, instance: WorkController, **_: object) -> None:
-    consumed = instance.app.amqp.queues
-    for queue in list(consumed.consume_from):  # each queue's bulk lane, after all of them
-        if bulk_lane(queue) not in consumed.consume_from:
-            consumed.select_add(bulk_lane(queue))
-    queues = list(consumed.consume_from)
+    consumed = list(instance.app.amqp.queues.consume_from)
+    # Each queue's bulk lane too, by a consumer of its own (workers/bulk_lane.py).
+    queues = list(dict.fromkeys([*consumed, *(bulk_lane(q) for q in consumed)]))
     if {"cpu", "gpu"} & set(queues) and instance.pool_cls.__module__.endswith("prefork"):
         # A forked child must never inherit CUDA, and each child would load its own model.
         sys.exit("embeddings worker: local-model queues need --pool threads (or solo)")

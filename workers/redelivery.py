@@ -40,7 +40,8 @@ return 1
 
 
 def held_tags() -> list[str]:
-    """The delivery tags of the messages this worker process holds (reserved or running)."""
+    """The delivery tags of the messages this worker's Celery pool holds (reserved or
+    running); its bulk lane's are workers/bulk_lane.held_tags()."""
     return sorted(
         str(request.message.delivery_tag)
         for request in list(state.reserved_requests)

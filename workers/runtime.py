@@ -149,6 +149,7 @@ class WorkerRuntime:
             max_tokens=self.settings.MAX_BATCH_TOKENS,
             wait_s=self.settings.BATCH_WAIT_MS / 1000,
             overhead_tokens=PASS_OVERHEAD_TOKENS["cpu" if self.device == "cpu" else "cuda"],
+            bulk_tokens=self.settings.BULK_PASS_TOKENS,
             on_pass=hooks.on_pass,
             on_collection=hooks.on_collection,
         )

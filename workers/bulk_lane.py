@@ -1,0 +1,93 @@
+"""The bulk lane: index batches, consumed apart from Celery's pool.
+
+Celery's pool runs interactive tasks (sync calls, jobs). A worker reserves one message per
+pool slot across all the queues it consumes, so a deep queue of index batches would hold
+every slot, and an interactive message would wait for a whole batch to end before it was
+even taken. So each queue's bulk lane (`<queue>-bulk`, common/queueing.bulk_lane) has a
+consumer of its own: a Celery consumer bootstep on its own channel that holds at most
+INDEX_CONCURRENCY messages and runs them on as many threads, while the batcher serves
+interactive texts first (workers/batcher.py). A message is acked once its task returns,
+as with Celery's acks_late, so kombu's unacked hash, the visibility timeout and the
+redelivery of a lost worker's messages (workers/redelivery.py) cover it too. The tasks
+are the ones workers/indexing.py registers, found by the name in the message's headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from celery import bootsteps
+from celery.exceptions import Reject
+from kombu import Consumer, Message, Queue
+
+from common import logs
+from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, is_bulk_lane
+from workers import indexing, runtime
+
+log = logging.getLogger(__name__)
+
+TASKS: dict[str, Callable[[dict[str, Any]], None]] = {
+    INDEX_BATCH_TASK: indexing.index_batch,
+    INDEX_FINISH_TASK: indexing.index_finish,
+}
+
+held: set[str] = set()
+"""Delivery tags of the bulk messages this process holds (its heartbeat names them)."""
+_held_lock = threading.Lock()
+
+
+class BulkLane(bootsteps.ConsumerStep):
+    """Consume the worker's bulk lanes with INDEX_CONCURRENCY messages in flight."""
+
+    executor: ThreadPoolExecutor | None = None
+
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        rt = runtime.current()
+        lanes = [Queue(name) for name in rt.queues if is_bulk_lane(name)]
+        if not lanes:
+            return []
+        size = rt.settings.INDEX_CONCURRENCY
+        self.executor = ThreadPoolExecutor(size, thread_name_prefix="bulk")
+        return [Consumer(channel, queues=lanes, callbacks=[self._received], accept=["json"],
+                         prefetch_count=size)]  # fmt: skip
+
+    def _received(self, body: Any, message: Message) -> None:
+        with _held_lock:
+            held.add(str(message.delivery_tag))
+        assert self.executor is not None
+        self.executor.submit(_run, body, message)
+
+    def shutdown(self, c: Any) -> None:
+        """A warm stop: the batches in hand finish (and are acked) before the channel goes."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        super().shutdown(c)
+
+
+def _run(body: Any, message: Message) -> None:
+    headers = message.headers or {}
+    name = str(headers.get("task"))
+    logs.start(request_id=headers.get("request_id"), task_id=headers.get("id"))
+    try:
+        args = body[0] if isinstance(body, list | tuple) and body else []
+        TASKS[name](*args)
+    except Reject:  # Redis was away: back on the queue, done again later
+        message.requeue()
+    except Exception:  # the task fails its batch itself; this is a message it cannot read
+        log.exception("bulk message %s (%s) dropped", message.delivery_tag, name)
+        message.ack()
+    else:
+        message.ack()
+    finally:
+        logs.clear()
+        with _held_lock:
+            held.discard(str(message.delivery_tag))
+
+
+def held_tags() -> list[str]:
+    with _held_lock:
+        return sorted(held)
