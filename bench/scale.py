@@ -39,7 +39,9 @@ import pyarrow.dataset as ds
 import requests
 
 import raw_encode
+from common import keys
 from common.chunking import split
+from common.index_jobs import PARTS
 from local_stack import MANY_CLIENTS_ENV, LocalService, model_spec
 from machine import tree_rss_mib
 from report import Figures, at_least, at_most, finish
@@ -151,6 +153,14 @@ class Outcome:
     sampler: Sampler
     redis_before: int
     redis_after: int
+    job_keys_bytes: int
+
+
+def job_keys_bytes(service: LocalService, job_id: str) -> int:
+    """MEMORY USAGE of every key of the job (its hash and its per-batch parts)."""
+    client = service.client
+    names = [keys.index_job(job_id), *(keys.index_job_part(job_id, p) for p in PARTS)]
+    return sum(int(client.memory_usage(name) or 0) for name in names)
 
 
 def index(
@@ -159,6 +169,8 @@ def index(
     """Upload, then poll until the job ends; with `kill_at`, SIGKILL the worker once that
     share of the chunks is done and start another."""
     session = requests.Session()
+    session.get(f"{service.url}/health", timeout=30)  # connections open before the baseline
+    time.sleep(2)
     before = int(service.client.info("memory")["used_memory"])
     with Sampler(service) as sampler:
         started = time.perf_counter()
@@ -187,7 +199,7 @@ def index(
         seconds = time.perf_counter() - started
     time.sleep(2)  # the last marker and counters written
     after = int(service.client.info("memory")["used_memory"])
-    return Outcome(job, seconds, sampler, before, after)
+    return Outcome(job, seconds, sampler, before, after, job_keys_bytes(service, job["id"]))
 
 
 def report(figures: Figures, key: str, label: str, outcome: Outcome, raw: float) -> None:
@@ -202,7 +214,10 @@ def report(figures: Figures, key: str, label: str, outcome: Outcome, raw: float)
     figures.add(f"{key}_redis_peak", f"{label}: Redis used_memory peak growth", "MiB",
                 peak / 2**20)  # fmt: skip
     kept = (outcome.redis_after - outcome.redis_before) / max(chunks, 1)
-    figures.add(f"{key}_redis_per_chunk", f"{label}: Redis kept per chunk", "B", kept)
+    figures.add(f"{key}_redis_per_chunk", f"{label}: Redis used_memory kept per chunk", "B",
+                kept)  # fmt: skip
+    figures.add(f"{key}_job_keys_per_chunk", f"{label}: the job's keys per chunk", "B",
+                outcome.job_keys_bytes / max(chunks, 1))  # fmt: skip
     figures.add(f"{key}_api_rss", f"{label}: API RSS peak", "MiB",
                 max(api for _, _, api, _ in outcome.sampler.memory))  # fmt: skip
     figures.add(f"{key}_worker_rss", f"{label}: worker RSS peak", "MiB",

@@ -10,10 +10,10 @@ load and an idle model adds no wait beyond `wait_s`.
 
 Two lanes: interactive work (sync calls, jobs) is always taken first. Bulk work (index
 batches) is cut into pieces of at most `batch_size` texts and `bulk_tokens` padded tokens,
-one short pass each, and a collection takes at most one piece, oldest first: alone, or
-with interactive work when it fits in the same pass, or when bulk waited through the
-collection before (so bulk keeps at least every other one). A pass already running is
-never interrupted, so what a sync call may wait behind is one short bulk pass.
+one short pass each, and a collection takes at most one piece, oldest first: alone, or,
+when bulk waited through the collection before, with interactive work (so bulk keeps at
+least every other collection). A pass already running is never interrupted, so what a
+sync call may wait behind is one short bulk pass.
 """
 
 from __future__ import annotations
@@ -182,9 +182,8 @@ class Batcher:
             self._ready.notify()
 
     def _collect(self) -> list[_Pending]:
-        """Interactive items up to the token budget (waiting `wait_s` for more), then the
-        oldest bulk piece: alone, or where it fits in the same pass, or when bulk waited
-        through the last collection (so it keeps at least every other one)."""
+        """Interactive items up to the token budget (waiting `wait_s` for more); the oldest
+        bulk piece alone, or with them when bulk waited through the last collection."""
         batch: list[_Pending] = []
         tokens = 0
         with self._ready:
@@ -200,12 +199,7 @@ class Batcher:
                 left = deadline - time.monotonic()  # no wait while bulk work is queued
                 if self._bulk or left <= 0 or not self._ready.wait(left):
                     break
-            texts = sum(len(item.texts) for item in batch)
-            take = bool(self._bulk) and (
-                not batch
-                or texts + len(self._bulk[0].texts) <= self.batch_size
-                or self._bulk_waited
-            )
+            take = bool(self._bulk) and (not batch or self._bulk_waited)
             self._bulk_waited = bool(self._bulk) and not take
             if take:
                 batch.append(self._bulk.popleft())
