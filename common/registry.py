@@ -40,7 +40,7 @@ class ModelSpec(BaseModel, frozen=True):
     queue: str = "local"
     batch_size: int | None = Field(default=None, gt=0)
     enabled: bool = True
-    backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    backend: Literal["torch", "onnx", "onnx-int8", "debug"] = "torch"
     supports_dimensions: bool = Field(
         default=False,
         description="Takes a smaller `dimensions` per request: sent to the provider "

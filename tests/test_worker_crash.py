@@ -2,10 +2,10 @@
 present exactly once (acks_late + redelivery after the visibility timeout + idempotent,
 overwrite-not-append batch results).
 
-The victim holds every batch when it dies (8 batches, 8 pool threads, the queue empty):
-the kill lands mid-task, not in the moment after a task when kombu's BRPOP has taken the
-next message but not yet recorded it as unacked (a window of kombu's Redis transport in
-which a killed worker loses that message; README, "Nothing accepted is lost")."""
+The victim is killed once a batch is stored, with batches in hand (INDEX_CONCURRENCY of
+them, taken by its bulk lane's consumer) and the rest waiting in the lane. A kill inside
+kombu's BRPOP-to-unacked moment would lose a message to the ledger instead (README,
+"Nothing accepted is lost"); that moment is microseconds long."""
 
 from __future__ import annotations
 

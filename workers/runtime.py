@@ -115,15 +115,19 @@ class WorkerRuntime:
         from workers.providers.base import Encoder
         from workers.providers.local import SentenceTransformerEncoder
 
-        backend = spec.backend if self.device == "cpu" else "torch"
+        backend = spec.backend if self.device == "cpu" or spec.backend == "debug" else "torch"
         if backend != spec.backend:
             log.info("model %s: backend %s is CPU-only, using torch", spec.name, spec.backend)
-        elif backend != "torch" and importlib.util.find_spec("onnxruntime") is None:
+        elif backend.startswith("onnx") and importlib.util.find_spec("onnxruntime") is None:
             # A GPU image (requirements/worker-gpu.txt) that found no CUDA serves on CPU.
             log.warning("model %s: onnxruntime is not installed, using torch", spec.name)
             backend = "torch"
         encoder: Encoder
-        if backend == "torch":
+        if backend == "debug":
+            from workers.providers.debug import DebugEncoder
+
+            encoder = DebugEncoder(spec)
+        elif backend == "torch":
             encoder = SentenceTransformerEncoder(
                 spec, self.device, self.settings.GPU_MEMORY_FRACTION
             )
