@@ -26,9 +26,9 @@ from api.uploads import Upload
 from common import chunking, ledger, logs
 from common.cache import entry_keys
 from common.errors import InsufficientStorage, InvalidRequest
-from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, bulk_lane
+from common.queueing import INDEX_BATCH_TASK, bulk_lane, send_index_finish
 from common.registry import ModelSpec
-from common.schemas import EmbedOptions, IndexBatchTask, IndexFinishTask, IndexJobOptions
+from common.schemas import EmbedOptions, IndexBatchTask, IndexJobOptions
 from common.sinks import SinkConfig
 
 
@@ -173,9 +173,7 @@ def finish(planner: Planner) -> str:
     planner.flush()
     settled = planner.svc.index_jobs.submitted(planner.job_id)
     if settled.finished_now and planner.sink:
-        task = IndexFinishTask(job_id=planner.job_id).model_dump()
-        planner.svc.celery.send_task(INDEX_FINISH_TASK, args=[task],
-                                     queue=bulk_lane(planner.queue))  # fmt: skip
+        send_index_finish(planner.svc.celery, planner.job_id, planner.queue)
     return planner.job_id
 
 

@@ -80,3 +80,9 @@ def make_celery(settings: Settings, main: str = "embeddings") -> Celery:
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app
+
+
+def send_index_finish(app: Celery, job_id: str, queue: str) -> None:
+    """Queue the closing of a finished sink job (its manifest, its vector index) on the
+    job's bulk lane; sent by whichever side saw the job end."""
+    app.send_task(INDEX_FINISH_TASK, args=[{"job_id": job_id}], queue=bulk_lane(queue))

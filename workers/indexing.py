@@ -14,7 +14,7 @@ from celery import Celery, current_app
 from common import ledger
 from common.errors import JobNotFound, ServiceError
 from common.index_jobs import Settled
-from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, bulk_lane
+from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, send_index_finish
 from common.schemas import IndexBatchTask, IndexFinishTask
 from common.sinks import JobManifest, SinkBatch, SinkError
 from common.vectors import pack
@@ -77,9 +77,7 @@ def _index_batch(task: IndexBatchTask) -> None:
         log.warning("index job %s batch %d: a newer attempt holds it; this late one is dropped",
                     task.job_id, task.batch)  # fmt: skip
     elif settled.finished_now and task.sink is not None:
-        job = jobs.get(task.job_id)
-        current_app.send_task(INDEX_FINISH_TASK, args=[IndexFinishTask(job_id=job.id).model_dump()],
-                              queue=bulk_lane(job.queue))  # fmt: skip
+        send_index_finish(current_app, task.job_id, jobs.get(task.job_id).queue)
 
 
 def _write(task: IndexBatchTask, matrix: np.ndarray, attempt: str, started: float) -> None:
