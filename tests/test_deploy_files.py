@@ -529,9 +529,12 @@ def test_dockerfile_installs_torch_only_through_requirements_files() -> None:
     text = DOCKERFILE.read_text()
     assert "--index-url" not in text.replace("--extra-index-url", "")
     args = [rest for _, keyword, rest in dockerfile() if keyword == "ARG"]
-    assert args.count('TORCH_INDEX_URL=""') == 2  # CPU and GPU builders, empty by default
-    cpu = re.search(r"torch==([\d.]+)$", (ROOT / "requirements/worker-cpu.txt").read_text(), re.M)
-    assert cpu, "requirements/worker-cpu.txt pins torch"
+    assert args.count('TORCH_INDEX_URL=""') == 2  # export and GPU builders, empty by default
+    pins = {
+        name: (ROOT / f"requirements/{name}.txt").read_text() for name in ("torch", "worker-cpu")
+    }
+    assert re.search(r"^torch==[\d.]+$", pins["torch"], re.M), "requirements/torch.txt pins torch"
+    assert "torch" not in re.sub(r"#.*", "", pins["worker-cpu"]), "the CPU worker carries no torch"
     for stage, keyword, rest in dockerfile():
         if keyword == "RUN" and "pip install" in rest:
             assert re.search(r" -r /tmp/requirements/[\w-]+\.txt", rest), stage

@@ -1,7 +1,7 @@
 """The ONNX Runtime encoder against the torch one, with the real shipped model.
 
-No Redis or Celery: encoders are built directly (and once through WorkerRuntime._build,
-whose Redis client never connects).
+Encoders are built directly (and through WorkerRuntime._build, whose Redis client never
+connects); one test starts a real CPU worker to show that serving ONNX never loads torch.
 """
 
 from __future__ import annotations
@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import pytest
 
 from common.registry import ModelSpec, load_registry
 from common.settings import load_settings
+from tests.conftest import start_worker, stop, wait_for_worker
 from workers.providers import onnx
 from workers.providers.base import Encoder
 from workers.providers.onnx import OnnxEncoder
@@ -265,14 +269,68 @@ def test_without_onnxruntime_a_cpu_worker_falls_back_to_torch(
     """A GPU image (no onnxruntime) on a node without CUDA serves the model on CPU."""
     from workers.providers.local import SentenceTransformerEncoder
 
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a),
-    )
+    hide(monkeypatch, "onnxruntime")
     with caplog.at_level(logging.WARNING, logger="workers.runtime"):
         encoder = runtime.batcher(spec.model_copy(update={"backend": "onnx"})).encoder
     assert isinstance(encoder, SentenceTransformerEncoder)
     assert encoder.embed(["hello"]).shape == (1, 384)
     assert any("onnxruntime is not installed" in r.message for r in caplog.records)
+
+
+def hide(monkeypatch: pytest.MonkeyPatch, *packages: str) -> None:
+    """This process as a torch-less CPU image sees it: those packages are not installed."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in packages else real_find_spec(name, *a),
+    )
+
+
+def test_without_torch_a_worker_serves_the_export_it_finds(
+    spec: ModelSpec, cache_root: Path, fp32: OnnxEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hide(monkeypatch, "torch", "transformers", "onnx")
+    served = OnnxEncoder(spec, cache_root)
+    np.testing.assert_array_equal(served.embed(TEXTS[:4]), fp32.embed(TEXTS[:4]))
+
+
+def test_without_torch_a_missing_export_names_the_command_that_makes_it(
+    spec: ModelSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hide(monkeypatch, "torch")
+    with pytest.raises(onnx.ExportMissing, match=r"torch is not installed.*embeddings export-onnx"):
+        OnnxEncoder(spec, tmp_path)
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
+def test_export_onnx_writes_what_a_worker_then_finds(spec: ModelSpec, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cli", "export-onnx", "--model", spec.name],
+        env=dict(os.environ, MODEL_CACHE_DIR=str(tmp_path), HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = onnx.export_dir(spec, tmp_path) / onnx.FP32_FILE
+    assert done.stdout.strip() == f"{spec.name}: {expected}"
+    assert expected.stat().st_size > 1_000_000
+
+
+def test_a_cpu_worker_serving_onnx_never_loads_torch(
+    redis_url: str, cache_root: Path, fp32: OnnxEncoder, tmp_path: Path
+) -> None:
+    """The real worker process, on the cpu queue with the shipped registry (backend onnx):
+    no torch library is mapped into it once its model is loaded."""
+    log_path = tmp_path / "worker.log"
+    process = start_worker(
+        redis_url, log_path, queues="cpu", name="notorch", MODEL_CACHE_DIR=str(cache_root)
+    )
+    try:
+        wait_for_worker(redis_url, process, log_path, "notorch")
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "onnxruntime" in maps
+        assert "libtorch" not in maps
+    finally:
+        stop(process)

@@ -12,14 +12,15 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(want_gpu: bool, gpu_enabled: bool) -> str:
-    """'cuda' when asked for and present; otherwise 'cpu', saying why once."""
-    import torch
-
+    """'cuda' when asked for and present; otherwise 'cpu', saying why once. torch is
+    imported only to look for CUDA: a CPU worker serving ONNX never loads it."""
     if not want_gpu:
         return "cpu"
     if not gpu_enabled:
         log.warning("this worker serves the gpu queue but GPU_ENABLED=false: serving on CPU")
         return "cpu"
+    import torch
+
     if not torch.cuda.is_available():
         log.warning("this worker serves the gpu queue but CUDA is not available: serving on CPU")
         return "cpu"

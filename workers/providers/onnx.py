@@ -1,23 +1,26 @@
 """Local sentence-transformers models on ONNX Runtime (CPU only).
 
 The transformer is exported once from the shipped weights (never a hub) to
-MODEL_CACHE_DIR/onnx/<model>/<key>/model.onnx, where <key> hashes the revision, the torch
-version and the weight files' sizes; the int8 variant is quantized from it into the same
+MODEL_CACHE_DIR/onnx/<model>/<key>/model.onnx, where <key> hashes the revision, the export
+format and the weight files' sizes; the int8 variant is quantized from it into the same
 folder. Files are written under a temporary name and renamed, so concurrent exporters never
 leave a torn file. Tokenization (tokenizer.json) and pooling (the model's Pooling config)
 run here and reproduce the sentence-transformers pipeline, without its Normalize module.
-Heavy imports live inside functions: with a cached export, torch is never imported.
+
+Exporting needs torch; serving does not. `embeddings export-onnx` (a build step, or a
+one-off command where torch is installed) writes the files; a worker without torch finds
+them under the same key, and one with torch exports whatever is missing on first load.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import tempfile
 from collections.abc import Callable
-from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 OPSET = 17
+EXPORT_FORMAT = 1
+"""Part of the cache key: raise it when the exported graph changes shape or meaning."""
 FP32_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
@@ -49,14 +54,15 @@ LEGACY_POOLING_KEYS = {  # the old boolean keys, in sentence-transformers' conca
 
 
 def export_dir(spec: ModelSpec, cache_root: Path) -> Path:
-    """Where this model's exports live; a new weight file, revision or torch gets a new one."""
+    """Where this model's exports live; new weights, revision or export format: a new one.
+    torch's version is left out, so a worker without torch finds what a build step made."""
     weights = spec.local_path()
     sizes = sorted(
         (str(path.relative_to(weights)), path.stat().st_size)
         for path in weights.rglob("*")
         if path.is_file()
     )
-    key = json.dumps([spec.revision, version("torch"), sizes])
+    key = json.dumps([spec.revision, EXPORT_FORMAT, OPSET, sizes])
     return cache_root / "onnx" / spec.name / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -135,20 +141,37 @@ def quantize_int8(source: Path, target: Path) -> None:
         logging.disable(previous)
 
 
+class ExportMissing(RuntimeError):
+    """No export on disk, and this process lacks the packages that would make one."""
+
+
+def require(spec: ModelSpec, missing: Path, packages: tuple[str, ...]) -> None:
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            raise ExportMissing(
+                f"{spec.name}: no ONNX export at {missing}, and this process cannot make one "
+                f"({package} is not installed): run `embeddings export-onnx` with the same "
+                "MODEL_CACHE_DIR where requirements/torch.txt is installed (the Dockerfile's "
+                "worker-cpu target does it at build time)"
+            )
+
+
 def ensure_export(spec: ModelSpec, cache_root: Path, int8: bool) -> Path:
     """The cached .onnx for this model, exported (and quantized) first if missing."""
     folder = export_dir(spec, cache_root)
-    fp32 = folder / FP32_FILE
+    fp32, quantized = folder / FP32_FILE, folder / INT8_FILE
+    wanted = quantized if int8 else fp32
+    if wanted.exists():
+        return wanted
     if not fp32.exists():
+        require(spec, fp32, ("torch", "transformers", "onnx"))
         log.info("exporting %s to ONNX at %s", spec.name, fp32)
         write_atomically(fp32, lambda tmp: export_fp32(spec.local_path(), tmp))
-    if not int8:
-        return fp32
-    quantized = folder / INT8_FILE
-    if not quantized.exists():
+    if int8:
+        require(spec, quantized, ("onnx",))
         log.info("quantizing %s to int8 at %s", spec.name, quantized)
         write_atomically(quantized, lambda tmp: quantize_int8(fp32, tmp))
-    return quantized
+    return wanted
 
 
 def pooling_modes(config: dict[str, Any]) -> tuple[str, ...]:
