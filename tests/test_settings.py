@@ -85,7 +85,7 @@ def test_processes_refuse_to_start_with_one_clear_line(command: list[str]) -> No
     assert "invalid setting PORT='abc'" in lines[0]
 
 
-def test_readme_lists_every_setting() -> None:
+def test_the_operations_page_lists_every_setting() -> None:
     from common.settings import settings_table
 
-    assert settings_table() in (ROOT / "README.md").read_text()
+    assert settings_table() in (ROOT / "docs" / "operations.md").read_text()
