@@ -12,6 +12,7 @@ from flask import g, request
 from api import auth, metrics
 from api.services import Services
 from common import errors, ledger, logs, providers
+from common.breaker import CircuitBreaker
 from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK, QueueName
 from common.registry import ModelSpec, Provider
@@ -106,15 +107,11 @@ def check_provider(svc: Services, spec: ModelSpec) -> None:
     if spec.provider is Provider.LOCAL:
         return
     providers.require_configured(svc.settings, spec)
-    breaker = providers.breaker_state(
+    breaker = CircuitBreaker(
         svc.redis, spec.provider.value, svc.settings.PROVIDER_BREAKER_FAILURES
-    )
-    if breaker["state"] == "open":
-        raise providers.breaker_open_error(
-            spec.provider.value,
-            int(breaker["failures"]),
-            float(breaker["retry_in_s"]),  # type: ignore[arg-type]
-        )
+    ).state()
+    if breaker.state == "open":
+        raise breaker.open_error(spec.provider.value)
 
 
 def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:

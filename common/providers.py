@@ -2,7 +2,7 @@
 
 Whether a provider is configured comes from the settings. Everything else comes from Redis,
 written by the remote workers: the outcome of their last calls, each provider's circuit
-breaker (workers/providers/resilience.py) and, for Ollama, the models pulled into it (its
+breaker (common/breaker.py) and, for Ollama, the models pulled into it (its
 free /api/tags, probed every ~30 s). /health and GET /api/v1/models read it from there, so
 no probe ever calls a paid API.
 """
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import redis
 
 from common import keys
+from common.breaker import CircuitBreaker
 from common.errors import ProviderError, ProviderUnavailable, ServiceError, UpstreamTimeout
 from common.registry import ModelSpec, Provider
 from common.settings import Settings
@@ -121,28 +122,6 @@ def record_models(client: redis.Redis, provider: str, models: list[str]) -> None
         pipe.execute()
 
 
-def breaker_open_error(provider: str, failures: int, seconds: float) -> ProviderUnavailable:
-    return ProviderUnavailable(
-        provider,
-        f"circuit breaker open after {failures} failed calls in a row; "
-        f"failing fast for {seconds:.1f} s more",
-        retry_after=seconds,
-    )
-
-
-def breaker_state(client: redis.Redis, provider: str, failures_to_open: int) -> dict[str, object]:
-    """closed, open (failing fast for `retry_in_s`), or half_open (a trial call may pass)."""
-    with client.pipeline(transaction=False) as pipe:
-        pipe.get(keys.breaker(provider, "failures"))
-        pipe.pttl(keys.breaker(provider, "open"))
-        failures_raw, open_ms = pipe.execute()
-    failures = int(failures_raw or 0)
-    if open_ms and open_ms > 0:
-        return {"state": "open", "failures": failures, "retry_in_s": round(open_ms / 1000, 1)}
-    state = "half_open" if failures >= failures_to_open else "closed"
-    return {"state": state, "failures": failures}
-
-
 def _iso(raw: bytes | None) -> str | None:
     return datetime.fromtimestamp(float(raw), UTC).isoformat() if raw else None
 
@@ -152,13 +131,13 @@ def health(client: redis.Redis, settings: Settings, provider: Provider) -> dict[
     if missing := missing_setting(settings, provider):
         return {"status": "not_configured", "missing": missing.split(" ")[0]}
     raw = {k.decode(): v for k, v in client.hgetall(keys.provider_state(provider)).items()}
-    breaker = breaker_state(client, provider, settings.PROVIDER_BREAKER_FAILURES)
+    breaker = CircuitBreaker(client, provider.value, settings.PROVIDER_BREAKER_FAILURES).state()
     ok_at = float(raw.get("ok_at") or 0)
     error_at = float(raw.get("error_at") or 0)
     outage = raw.get("outage") == b"1" and error_at > ok_at
     body: dict[str, object] = {
-        "status": "down" if breaker["state"] == "open" or outage else "up",
-        "breaker": breaker,
+        "status": "down" if breaker.state == "open" or outage else "up",
+        "breaker": breaker.as_dict(),
         "last_ok_at": _iso(raw.get("ok_at")),
         "last_error_at": _iso(raw.get("error_at")),
         "last_error": raw["error"].decode() if raw.get("error") else None,

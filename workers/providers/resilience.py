@@ -7,10 +7,9 @@ Retry-After longer than that is not waited out: the call fails at once and says 
 Timeouts are not retried: a provider that hung once is likely to hang again, and the client
 is waiting.
 
-Circuit breaker (in Redis, so every thread of every worker shares it and /health shows
-it): after PROVIDER_BREAKER_FAILURES calls in a row end in an outage (the retryable errors
-above, or a timeout), calls fail fast with a 503 for PROVIDER_BREAKER_OPEN_SECONDS. Then
-one trial call goes through: if it succeeds the breaker closes, if not it opens again.
+Circuit breaker (common/breaker.py): after PROVIDER_BREAKER_FAILURES calls in a row end
+in an outage (the retryable errors above, or a timeout), calls fail fast with a 503 for
+PROVIDER_BREAKER_OPEN_SECONDS; then one trial call decides.
 """
 
 from __future__ import annotations
@@ -24,85 +23,14 @@ from typing import TypeVar
 import redis
 import tenacity
 
-from common import keys, providers
-from common.errors import ProviderError, ProviderUnavailable, ServiceError
+from common import providers
+from common.breaker import CircuitBreaker
+from common.errors import ProviderError, ServiceError
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-FAILURES_TTL_SECONDS = 3600
-"""A run of failures older than this is forgotten (a provider called rarely starts afresh)."""
-
-
-class CircuitBreaker:
-    """Closed -> open after N failed calls in a row -> half-open (one trial) -> closed."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        provider: str,
-        failures_to_open: int,
-        open_seconds: float,
-        trial_seconds: float,
-    ) -> None:
-        self.redis = client
-        self.provider = provider
-        self.failures_to_open = failures_to_open
-        self.open_ms = max(1, int(open_seconds * 1000))
-        # A trial whose worker died must not block the provider for ever.
-        self.trial_ms = max(1, int(trial_seconds * 1000))
-        self._failures = keys.breaker(provider, "failures")
-        self._open = keys.breaker(provider, "open")
-        self._trial = keys.breaker(provider, "trial")
-
-    def before_call(self) -> bool:
-        """Let a call through (True: it is the trial call) or raise ProviderUnavailable."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.pttl(self._open)
-            pipe.get(self._failures)
-            open_ms, failures = pipe.execute()
-        if open_ms and open_ms > 0:
-            raise providers.breaker_open_error(self.provider, int(failures or 0), open_ms / 1000)
-        if int(failures or 0) < self.failures_to_open:
-            return False
-        if self.redis.set(self._trial, "1", nx=True, px=self.trial_ms):
-            log.info("%s: circuit breaker half-open: trial call", self.provider)
-            return True
-        raise ProviderUnavailable(
-            self.provider, "recovering: a trial call is testing it; try again shortly",
-            retry_after=1.0,
-        )  # fmt: skip
-
-    def is_open(self) -> bool:
-        return bool(self.redis.exists(self._open))
-
-    def succeeded(self) -> None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.getdel(self._failures)
-            pipe.delete(self._trial)
-            failures, _ = pipe.execute()
-        if int(failures or 0) >= self.failures_to_open:
-            log.warning("%s: circuit breaker closed: the provider answers again", self.provider)
-
-    def failed(self) -> None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(self._failures)
-            pipe.expire(self._failures, FAILURES_TTL_SECONDS)
-            failures, _ = pipe.execute()
-        if failures >= self.failures_to_open:
-            with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._open, "1", px=self.open_ms)
-                pipe.delete(self._trial)
-                pipe.execute()
-            log.warning(
-                "%s: circuit breaker open after %d failed calls in a row: failing fast for %.1f s",
-                self.provider, failures, self.open_ms / 1000,
-            )  # fmt: skip
-
-    def release_trial(self) -> None:
-        self.redis.delete(self._trial)
 
 
 class Resilient:
