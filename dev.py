@@ -24,7 +24,7 @@ USAGE = """usage: python3 dev.py COMMAND [ARGS...]
   up      install, then run Redis (embedded), the API on :3010, a CPU worker, Flower on :5555
   test    install, then run the test suite (pytest ARGS...)
   bench   install, then run the benchmark suites, then their bars' summary: ARGS go to
-          bench/run.py, [SUITE ...] of foundation throughput indexing load backends
+          bench/run.py, [SUITE ...] of foundation throughput indexing load backends pipeline
           (gpu on a CUDA machine, and scale: only when named), --quick for a smoke run
   lint    ruff check and ruff format --check
   fuzz    install, then fuzz the API from /openapi.json at length: FUZZ_EXAMPLES cases

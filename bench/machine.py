@@ -49,7 +49,7 @@ def tree_rss_mib(pid: int) -> float:
     return size
 
 
-def _own_ticks(root: int) -> int:
+def tree_ticks(root: int) -> int:
     """utime + stime of `root` and its live descendants."""
     total, todo = 0, [root]
     while todo:
@@ -71,7 +71,7 @@ class OthersCpu:
         self.percent = 0.0
 
     def _sample(self) -> tuple[float, int, int]:
-        return time.monotonic(), _busy_ticks(), _own_ticks(os.getpid())
+        return time.monotonic(), _busy_ticks(), tree_ticks(os.getpid())
 
     def __enter__(self) -> OthersCpu:
         self._start = self._sample()

@@ -9,6 +9,8 @@ Suites (default: all, in this order):
   indexing    index jobs over the corpus (torch, onnx), Redis bytes/vector, API RSS
   load        locust against `embeddings up`
   backends    torch against ONNX Runtime (fp32, int8) encoders in-process, and agreement
+  pipeline    the service's own cost: the debug backend (no forward pass) and the real
+              model under wrk, CPU per request of each process
   gpu         only when named, on a CUDA machine: the gpu-queue worker (float16, memory
               fraction, token-budget passes) against raw encode on the same GPU
   scale       only when named: 50,000 documents into a parquet and a pgvector sink, and
@@ -36,7 +38,7 @@ from pathlib import Path
 from report import RESULTS_FILE_ENV, Bar, bar_line, shown_path
 from suite import RESULTS_DIR, ROOT
 
-SUITES = ("foundation", "throughput", "indexing", "load", "backends")
+SUITES = ("foundation", "throughput", "indexing", "load", "backends", "pipeline")
 ON_REQUEST = ("gpu", "scale")
 """Suites run only when named: gpu needs CUDA; scale takes about half an hour here."""
 QUICK = {
@@ -45,6 +47,16 @@ QUICK = {
     "indexing": ["--limit", "300"],
     "load": ["--seconds", "10", "--warmup", "5", "--users", "8"],
     "backends": ["--limit", "200", "--single", "20", "--agreement", "100"],
+    "pipeline": [
+        "--seconds",
+        "2",
+        "--index-docs",
+        "1000",
+        "--real-index-docs",
+        "200",
+        "--raw-singles",
+        "50",
+    ],
     "gpu": ["--limit", "256", "--singles", "64"],
     "scale": ["--docs", "3000", "--raw-sample", "500", "--index-wait", "60"],
 }

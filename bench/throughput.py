@@ -32,9 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import re
 import shutil
-import subprocess
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +43,7 @@ import orjson
 import requests
 
 import raw_encode
+import wrk
 from batches import BatchLog
 from clients import JSON, async_job, run_clients, warm_up
 from common import keys
@@ -74,44 +73,6 @@ BAR_HITS_RPS = 1000.0
 BAR_HITS_P50_MS = 5.0
 
 
-# --- wrk --------------------------------------------------------------------------------
-
-WRK_SCRIPT = """-- written by bench/throughput.py: POST the same body on every request
-local f = assert(io.open([==[{body}]==], "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-"""
-_SECONDS_PER = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-_QUANTITY = r"([\d.]+)(us|ms|s|m|h)\b"
-_SOCKET_ERRORS = r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)"
-
-
-def _seconds(number: str, unit: str) -> float:
-    return float(number) * _SECONDS_PER[unit]
-
-
-def parse_wrk(output: str) -> dict[str, float]:
-    """Requests, seconds, 2xx answers per second, p50 (ms), non-2xx and socket errors."""
-    done = re.search(rf"(\d+) requests in {_QUANTITY}", output)
-    p50 = re.search(rf"^\s*50%\s+{_QUANTITY}", output, re.MULTILINE)
-    if not done or not p50:
-        raise RuntimeError(f"cannot read wrk's output:\n{output}")
-    count, seconds = int(done.group(1)), _seconds(done.group(2), done.group(3))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    non_2xx = int(bad.group(1)) if bad else 0
-    sockets = re.search(_SOCKET_ERRORS, output)
-    return {
-        "requests": count,
-        "seconds": seconds,
-        "ok_per_second": (count - non_2xx) / seconds,
-        "p50_ms": 1000 * _seconds(p50.group(1), p50.group(2)),
-        "non_2xx": non_2xx,
-        "socket_errors": sum(int(n) for n in sockets.groups()) if sockets else 0,
-    }
-
-
 class CacheHits:
     """One 32-text request, primed into the cache, then repeated by wrk."""
 
@@ -120,9 +81,7 @@ class CacheHits:
         self.url = f"{stack.url}/api/v1/embeddings"
         self.texts = len(texts)
         body = orjson.dumps({"model": MODEL, "input": texts, "encoding_format": fmt})
-        (folder / f"body-{fmt}.json").write_bytes(body)
-        self.script = folder / f"post-{fmt}.lua"
-        self.script.write_text(WRK_SCRIPT.format(body=folder / f"body-{fmt}.json"))
+        self.script = wrk.same_body_script(folder, f"hits-{fmt}", body, {})
         # The first call computes and stores; the next ones (both gunicorn processes,
         # most likely) must be hits.
         for i in range(5):
@@ -132,16 +91,7 @@ class CacheHits:
 
     def run(self, seconds: int, connections: int, threads: int) -> dict[str, float]:
         before = int(self.stack.client.hget(keys.CACHE_STATS, "hits") or 0)
-        command = [
-            "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency",
-            "--timeout", "10s", "-s", str(self.script), self.url,
-        ]  # fmt: skip
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=seconds + 60, check=False
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
-        found = parse_wrk(done.stdout)
+        found = wrk.run(self.url, self.script, seconds, connections, threads)
         hits = int(self.stack.client.hget(keys.CACHE_STATS, "hits") or 0) - before
         found["hit_requests"] = hits / self.texts
         if found["non_2xx"] or found["socket_errors"]:

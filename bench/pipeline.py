@@ -1,0 +1,267 @@
+"""Pipeline: the service's own cost per request, with the model taken out (the `debug`
+backend: tokenizer and limits, no forward pass) and with the real model, side by side.
+
+    .venv/bin/python bench/pipeline.py [--seconds 10] [--index-docs 20000] [--repeat 2]
+
+Raw first, in this process: the real model on ONNX Runtime (the backend the service's CPU
+worker runs), a sequential single-text loop: texts/s and p50. The encoder is released
+before the service starts.
+
+Then, per backend (debug, then onnx), Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one
+CPU worker (bench/local_stack.py), and `--repeat` times, each load from wrk (Debian's
+package; the client must not be the bottleneck) for `--seconds`:
+
+  - one new text per request (Cache-Control: no-store) at 16 and 64 connections, and at 1
+    (the single-text p50 the real model is compared on);
+  - 32 new texts per request at 4 connections, float and base64 answers;
+  - cache hits: one primed text, at 16 connections;
+  - an index job of `--index-docs` documents (`--real-index-docs` for the real model),
+    passages of the corpus under new ids, 128-token chunks, no-store: chunks/s from the
+    POST to the job seen succeeded.
+
+For every load, the CPU each process took per request (API: the gunicorn master and its
+workers; the worker; Redis), read from /proc. Writes bench/results/pipeline-<time>.json;
+exits 1 when a bar fails (the issue's targets: bars are judged on the means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import requests
+
+import wrk
+from http_load import check, wait_succeeded
+from local_stack import MANY_CLIENTS_ENV, MODEL, LocalService, model_spec
+from machine import TICKS_PER_S, OthersCpu, tree_ticks
+from report import Bar, Figures, Row, at_least, at_most, comparisons, finish, others_note, table
+from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positive, run
+from workload import load_texts
+
+BACKENDS = ("debug", "onnx")
+NO_STORE = {"Cache-Control": "no-store"}
+JSON = {"Content-Type": "application/json"}
+WRK_THREADS = 2
+JOB_TIMEOUT_S = 3600.0
+LOADS = {  # key: (label, connections, texts per request, encoding_format)
+    "one_c16": ("1 text, 16 connections", 16, 1, "float"),
+    "one_c64": ("1 text, 64 connections", 64, 1, "float"),
+    "one_c1": ("1 text, 1 connection", 1, 1, "float"),
+    "b32_float": ("32 texts, 4 connections, float", 4, 32, "float"),
+    "b32_base64": ("32 texts, 4 connections, base64", 4, 32, "base64"),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--seconds", type=positive, default=10, help="each wrk load")
+    parser.add_argument("--index-docs", type=positive, default=20000)
+    parser.add_argument("--real-index-docs", type=positive, default=2000)
+    parser.add_argument("--raw-singles", type=positive, default=500)
+    parser.add_argument("--repeat", type=positive, default=2)
+    args = parser.parse_args(argv)
+    check_repeat(parser, args)
+    return args
+
+
+# --- raw --------------------------------------------------------------------------------
+
+
+def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> None:
+    """The real model in this process on ONNX Runtime, one text at a time."""
+    from common.settings import load_settings
+    from workers.providers.onnx import OnnxEncoder
+
+    encoder = OnnxEncoder(model_spec(), load_settings().MODEL_CACHE_DIR)
+    singles = texts[:count]
+    for text in singles[:20]:
+        encoder.embed([text])
+    for _ in range(repeat):
+        with OthersCpu() as others:
+            seconds = []
+            for text in singles:
+                started = time.perf_counter()
+                encoder.embed([text])
+                seconds.append(time.perf_counter() - started)
+        figures.add("raw_single", "raw ONNX single text", "texts/s", count / sum(seconds),
+                    others.percent)  # fmt: skip
+        figures.percentiles("raw_single", "raw ONNX single text,", seconds, others.percent, (50,))
+    del encoder
+    gc.collect()
+
+
+# --- the service ------------------------------------------------------------------------
+
+
+class Cpu:
+    """CPU ticks of the API (gunicorn tree), the worker and Redis, between two reads."""
+
+    def __init__(self, stack: LocalService) -> None:
+        assert stack.redis.process is not None
+        self.pids = {
+            "api": stack.api_pid, "worker": stack.worker_pid, "redis": stack.redis.process.pid,
+        }  # fmt: skip
+        self.start = self._read()
+
+    def _read(self) -> dict[str, int]:
+        return {name: tree_ticks(pid) for name, pid in self.pids.items()}
+
+    def per_request_ms(self, requests_done: float) -> dict[str, float]:
+        end = self._read()
+        return {
+            name: 1000 * (end[name] - self.start[name]) / TICKS_PER_S / max(requests_done, 1)
+            for name in self.pids
+        }
+
+
+def add_cpu(figures: Figures, key: str, label: str, cpu: dict[str, float]) -> None:
+    for name, ms in cpu.items():
+        figures.add(f"{key}_cpu_{name}", f"{label}: {name} CPU per request", "ms", ms)
+
+
+def wrk_load(
+    stack: LocalService, key: str, label: str, script: Path, connections: int, texts: int,
+    seconds: int, figures: Figures,
+) -> None:  # fmt: skip
+    url = f"{stack.url}/api/v1/embeddings"
+    cpu = Cpu(stack)
+    with OthersCpu() as others:
+        found = wrk.run(url, script, seconds, connections, WRK_THREADS)
+    errors = found["non_2xx"] + found["socket_errors"]
+    figures.add(key, label, "req/s", found["ok_per_second"], others.percent)
+    figures.add(f"{key}_texts", f"{label}, texts", "texts/s", found["ok_per_second"] * texts)
+    for point in (50, 95, 99):
+        figures.add(f"{key}_p{point}", f"{label} p{point}", "ms", found[f"p{point}_ms"])
+    figures.add(f"{key}_errors", f"{label}, errors", "", errors)
+    add_cpu(figures, key, label, cpu.per_request_ms(found["requests"]))
+
+
+def index_job(stack: LocalService, key: str, texts: list[str], docs: int, figures: Figures) -> None:
+    """`docs` documents (passages under new ids), one NDJSON upload, timed to done."""
+    stamp = time.time_ns()
+    body = b"".join(
+        orjson.dumps({"id": f"{stamp}-{i}", "text": texts[i % len(texts)]}) + b"\n"
+        for i in range(docs)
+    )
+    cpu = Cpu(stack)
+    with requests.Session() as session, OthersCpu() as others:
+        started = time.perf_counter()
+        answer = session.post(
+            f"{stack.url}/api/v1/index-jobs",
+            params={"max_tokens": 128, "overlap_tokens": 0},
+            data=body,
+            headers={"Content-Type": "application/x-ndjson", **NO_STORE},
+            timeout=JOB_TIMEOUT_S,
+        )
+        job_id = orjson.loads(check(answer).content)["id"]
+        job = wait_succeeded(
+            session, f"{stack.url}/api/v1/index-jobs/{job_id}", JOB_TIMEOUT_S, (0.05, 0.05)
+        )
+        elapsed = time.perf_counter() - started
+    chunks = job["chunks"]["done"]
+    label = f"{key.split('_')[0]}: index job, {docs} documents"
+    figures.add(key, f"{label} ({chunks} chunks)", "chunks/s", chunks / elapsed, others.percent)
+    add_cpu(figures, key, f"{label}, per chunk", cpu.per_request_ms(chunks))
+
+
+def cache_hits(stack: LocalService, folder: Path, seconds: int, figures: Figures, key: str) -> None:
+    body = orjson.dumps({"model": MODEL, "input": "a text that is served from the cache"})
+    for _ in range(4):  # both gunicorn processes, most likely, see it stored
+        check(requests.post(f"{stack.url}/api/v1/embeddings", data=body, headers=JSON, timeout=60))
+    script = wrk.same_body_script(folder, "hit", body, {})
+    label = f"{key.split('_')[0]}: cache hits, 16 connections"
+    wrk_load(stack, key, label, script, 16, 1, seconds, figures)
+
+
+def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figures: Figures) -> None:
+    docs = args.index_docs if backend == "debug" else args.real_index_docs
+    with LocalService(f"pipeline-{backend}", backend, MANY_CLIENTS_ENV) as stack:
+        print(f"\n{backend}: {stack.describe()}", flush=True)
+        folder = Path(tempfile.mkdtemp(prefix="wrk-", dir=stack.dir))
+        scripts = {
+            key: wrk.fresh_texts_script(
+                folder, key, texts, per, {"model": MODEL, "encoding_format": fmt}, NO_STORE
+            )
+            for key, (_, _, per, fmt) in LOADS.items()
+        }
+        wrk.run(f"{stack.url}/api/v1/embeddings", scripts["b32_float"], 2, 4, WRK_THREADS)
+        for number in range(1, args.repeat + 1):
+            print(f"{backend}, repeat {number}/{args.repeat}", flush=True)
+            for key, (label, connections, per, _) in LOADS.items():
+                wrk_load(stack, f"{backend}_{key}", f"{backend}: {label}", scripts[key],
+                         connections, per, args.seconds, figures)  # fmt: skip
+            cache_hits(stack, folder, args.seconds, figures, f"{backend}_hits")
+            index_job(stack, f"{backend}_index", texts, docs, figures)
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def rows() -> list[Row]:
+    out = [Row("raw_single"), Row("raw_single_p50")]
+    for backend in BACKENDS:
+        for key in (*LOADS, "hits", "index"):
+            name = f"{backend}_{key}"
+            out.append(Row(name))
+            if key != "index":
+                out += [Row(f"{name}_p50"), Row(f"{name}_p99")]
+            out += [Row(f"{name}_cpu_{part}") for part in ("api", "worker", "redis")]
+    out += [
+        Row("onnx_one_c16_texts", "raw_single"),
+        Row("onnx_one_c1_p50", "raw_single_p50", "diff"),
+    ]
+    return out
+
+
+def bars(figures: Figures) -> list[Bar]:
+    mean = figures.mean
+    ratio16 = None
+    if mean("onnx_one_c16_texts") and mean("raw_single"):
+        ratio16 = mean("onnx_one_c16_texts") / mean("raw_single")  # type: ignore[operator]
+    extra_p50 = None
+    if mean("onnx_one_c1_p50") is not None and mean("raw_single_p50") is not None:
+        extra_p50 = mean("onnx_one_c1_p50") - mean("raw_single_p50")  # type: ignore[operator]
+    return [
+        at_least("debug: 1 text, 16 connections", mean("debug_one_c16"), 1000, " req/s"),
+        at_most("debug: 1 text, 16 connections, p99", mean("debug_one_c16_p99"), 100, " ms"),
+        at_most("debug: 1 text, 16 connections, errors", mean("debug_one_c16_errors"), 0, ""),
+        at_least("debug: 32 texts, float", mean("debug_b32_float_texts"), 6000, " texts/s"),
+        at_least("debug: 32 texts, base64", mean("debug_b32_base64_texts"), 10000, " texts/s"),
+        at_least("debug: index job", mean("debug_index"), 8000, " chunks/s"),
+        at_least("real: 16 x 1 text against sequential encode", ratio16, 1.25, "x"),
+        at_most("real: 16 x 1 text, p95", mean("onnx_one_c16_p95"), 250, " ms"),
+        at_most("real: single-text p50 over in-process encode", extra_p50, 3, " ms"),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    texts = load_texts(args.corpus, 4972)
+    figures = Figures()
+    measure_raw(texts, args.raw_singles, args.repeat, figures)
+    for backend in BACKENDS:
+        run_backend(backend, texts, args, figures)
+    print("\n" + "\n".join([*table(figures, rows()), "", *others_note()]))
+    config: dict[str, Any] = vars(args) | {
+        "corpus": str(args.corpus), "when": f"{datetime.now():%Y-%m-%d %H:%M}",
+        "cpus": os.cpu_count(), "env": MANY_CLIENTS_ENV,
+    }  # fmt: skip
+    data = {"config": config, "figures": figures.as_dict(),
+            "comparisons": comparisons(figures, rows())}  # fmt: skip
+    return finish("pipeline", data, bars(figures))
+
+
+if __name__ == "__main__":
+    run(main)
