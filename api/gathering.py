@@ -1,0 +1,134 @@
+"""Concurrent sync calls for the same work, in one API process, gathered into one send.
+
+A call that finds nobody else busy with its key goes out at once, so a lone client never
+waits. A call that arrives while others with its key are in flight opens a group (or joins
+the open one); the group's first call waits up to `window_s`, or until the group is full,
+then sends the whole group with one `send` and hands the waiting to a background thread
+that runs `collect` once and wakes every call with its own outcome. Each call waits only
+as long as it is willing to; one that gives up still has the id `send` gave it.
+
+Threads here are greenlets under gunicorn's gevent worker (it patches threading and time).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Sent = TypeVar("Sent")
+Result = TypeVar("Result")
+
+
+@dataclass
+class Ticket(Generic[Item, Result]):
+    """One call's place in a group: its item, then its id and outcome."""
+
+    item: Item
+    size: int
+    id: str = ""
+    result: Result | None = None
+    error: BaseException | None = None
+    sent: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Group(Generic[Item, Result]):
+    tickets: list[Ticket[Item, Result]] = field(default_factory=list)
+    size: int = 0
+    sealed: bool = False
+    full: threading.Event = field(default_factory=threading.Event)
+
+
+class Gatherer(Generic[Item, Sent, Result]):
+    """`send(items)` -> (one id per item, what `collect` needs); `collect(sent)` -> one
+    result per item, or raises for them all. `max_size` bounds a group's summed sizes."""
+
+    def __init__(
+        self,
+        send: Callable[[list[Item]], tuple[list[str], Sent]],
+        collect: Callable[[Sent], Sequence[Result]],
+        window_s: float,
+        max_size: int,
+    ) -> None:
+        self._send, self._collect = send, collect
+        self.window_s, self.max_size = window_s, max_size
+        self._lock = threading.Lock()
+        self._open: dict[Hashable, Group[Item, Result]] = {}
+        self._busy: dict[Hashable, int] = {}
+
+    def submit(self, key: Hashable, item: Item, size: int) -> Ticket[Item, Result]:
+        """Send `item` (alone or with others); the ticket has its id once this returns.
+        Raises what `send` raised. Call `finished(key)` when done with the ticket."""
+        ticket: Ticket[Item, Result] = Ticket(item, size)
+        with self._lock:
+            busy = self._busy.get(key, 0)
+            self._busy[key] = busy + 1
+            group = self._open.get(key)
+            if group is not None and group.size + size > self.max_size:
+                self._seal(key, group)  # its leader sends it now; this call starts anew
+                group = None
+            leader = group is None
+            if group is None:
+                group = Group()
+                if busy and self.window_s > 0 and size < self.max_size:
+                    self._open[key] = group
+                else:
+                    group.sealed = True
+            group.tickets.append(ticket)
+            group.size += size
+            if group.size >= self.max_size:
+                self._seal(key, group)
+        if leader:
+            if not group.sealed:
+                group.full.wait(self.window_s)
+                with self._lock:
+                    self._seal(key, group)
+            self._dispatch(group)
+        else:
+            ticket.sent.wait()  # set by the leader once sent (or failed to send)
+        if ticket.error is not None:
+            raise ticket.error
+        return ticket
+
+    def finished(self, key: Hashable) -> None:
+        with self._lock:
+            self._busy[key] -= 1
+            if not self._busy[key]:
+                del self._busy[key]
+
+    def _seal(self, key: Hashable, group: Group[Item, Result]) -> None:
+        group.sealed = True
+        group.full.set()
+        if self._open.get(key) is group:
+            del self._open[key]
+
+    def _dispatch(self, group: Group[Item, Result]) -> None:
+        """Send the group; wake the others with their ids (or the error); collect apart."""
+        tickets = group.tickets
+        try:
+            ids, sent = self._send([t.item for t in tickets])
+        except BaseException as error:
+            for ticket in tickets:
+                ticket.error = error
+                ticket.sent.set()
+            raise
+        for ticket, ticket_id in zip(tickets, ids, strict=True):
+            ticket.id = ticket_id
+            ticket.sent.set()
+        threading.Thread(target=self._finish, args=(tickets, sent), daemon=True).start()
+
+    def _finish(self, tickets: list[Ticket[Item, Result]], sent: Sent) -> None:
+        try:
+            results = self._collect(sent)
+        except BaseException as error:  # handed to every waiting call
+            for ticket in tickets:
+                ticket.error = error
+                ticket.done.set()
+            return
+        for ticket, result in zip(tickets, results, strict=True):
+            ticket.result = result
+            ticket.done.set()
