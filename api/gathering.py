@@ -112,23 +112,30 @@ class Gatherer(Generic[Item, Sent, Result]):
         try:
             ids, sent = self._send([t.item for t in tickets])
         except BaseException as error:
-            for ticket in tickets:
-                ticket.error = error
-                ticket.sent.set()
+            _settle(tickets, "sent", error=error)
             raise
-        for ticket, ticket_id in zip(tickets, ids, strict=True):
-            ticket.id = ticket_id
-            ticket.sent.set()
+        _settle(tickets, "sent", id=ids)
         threading.Thread(target=self._finish, args=(tickets, sent), daemon=True).start()
 
     def _finish(self, tickets: list[Ticket[Item, Result]], sent: Sent) -> None:
         try:
             results = self._collect(sent)
         except BaseException as error:  # handed to every waiting call
-            for ticket in tickets:
-                ticket.error = error
-                ticket.done.set()
-            return
-        for ticket, result in zip(tickets, results, strict=True):
-            ticket.result = result
-            ticket.done.set()
+            _settle(tickets, "done", error=error)
+        else:
+            _settle(tickets, "done", result=results)
+
+
+def _settle(
+    tickets: list[Ticket[Item, Result]],
+    event: str,
+    error: BaseException | None = None,
+    **per_ticket: Sequence[object],
+) -> None:
+    """Give every ticket the error, or its own value of each `per_ticket` field; then set
+    its `event` ("sent" or "done")."""
+    for i, ticket in enumerate(tickets):
+        ticket.error = error
+        for name, values in per_ticket.items():
+            setattr(ticket, name, values[i])
+        getattr(ticket, event).set()
