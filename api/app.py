@@ -6,7 +6,8 @@ from flask import Flask
 
 from api import auth, errors, metrics, request_context
 from api.fronts import batches, ollama, openai
-from api.routes import cache, docs, embeddings, health, index_jobs, jobs, models, probes
+from api.routes import cache, docs, embeddings, health, index_jobs, jobs, models, probes, usage
+from api.routes import keys as api_keys
 from api.services import Services
 from common import logs
 from common.settings import Settings, get_settings
@@ -14,7 +15,7 @@ from common.settings import Settings, get_settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
-    logs.configure(settings.LOG_LEVEL, settings.RUST_LOG, service="api")
+    logs.configure(settings.LOG_LEVEL, settings.RUST_LOG, "api", settings.LOG_FORMAT)
     app = Flask("embeddings-api")
     # First: every later hook, handler and log line sees the request id.
     request_context.init_app(app)
@@ -26,6 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     errors.register(app)
     for blueprint in (embeddings.bp, jobs.bp, index_jobs.bp, models.bp, cache.bp, health.bp):
         app.register_blueprint(blueprint)
-    for blueprint in (probes.bp, docs.bp, openai.bp, batches.bp, ollama.bp):
+    for blueprint in (api_keys.bp, usage.bp, probes.bp, docs.bp, openai.bp, batches.bp,
+                      ollama.bp):  # fmt: skip
         app.register_blueprint(blueprint)
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 from flask import request
-from werkzeug.exceptions import UnsupportedMediaType
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from common.errors import InvalidRequest
 
@@ -14,6 +14,10 @@ def json_body() -> object:
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("send the body as application/json")
     data = request.get_data(cache=False)
+    # Flask stops a chunked body (no Content-Length) at the limit without a word: more
+    # behind it is a body too large, not a truncated one.
+    if len(data) == request.max_content_length and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
     if not data:
         raise InvalidRequest("the request body is empty", param="body")
     try:

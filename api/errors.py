@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import orjson
 import redis
-from flask import Flask, Response
+from flask import Flask, Response, g
 from werkzeug.exceptions import HTTPException
 
 from common import errors
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.PayloadTooLarge: 413,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.TooManyRequests: 429,
     errors.InvalidRequest: 400,
     errors.NotFound: 404,
@@ -25,31 +27,57 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.Timeout: 504,
     errors.UpstreamTimeout: 504,
     errors.ProviderUnavailable: 503,
-    errors.UpstreamError: 502,
+    errors.ProviderError: 502,
     errors.ServiceError: 500,
 }
 """Most specific class first; the first match wins."""
 
-JOB_ERROR_STATUS: dict[str, int] = {
-    errors.InvalidRequest.type: 400,
-    errors.ModelNotFound.type: 404,
-    errors.Unavailable.type: 503,
-    errors.UpstreamError.type: 502,
-    errors.ProviderUnavailable.type: 503,
-    errors.UpstreamTimeout.type: 504,
-}
-"""A failed job's error type, as stored by the worker -> the sync call's status."""
+
+def _class_status(cls: type[errors.ServiceError]) -> int:
+    return next(code for kind, code in STATUS.items() if issubclass(cls, kind))
+
+
+def _error_classes(cls: type[errors.ServiceError]) -> Iterator[type[errors.ServiceError]]:
+    """The class and its subclasses, each parent before its children."""
+    yield cls
+    for sub in cls.__subclasses__():
+        yield from _error_classes(sub)
+
+
+def job_status(kind: str) -> int:
+    """A failed job's status: that of the error class whose type the worker stored (where
+    classes share a type, the parent's); an unknown type is a 500."""
+    cls = next((c for c in _error_classes(errors.ServiceError) if c.type == kind), None)
+    return 500 if cls is None else _class_status(cls)
 
 
 def status_of(error: errors.ServiceError) -> int:
     if isinstance(error, errors.JobFailed):
-        return JOB_ERROR_STATUS.get(error.kind, 500)
-    return next(code for cls, code in STATUS.items() if isinstance(error, cls))
+        return job_status(error.kind)
+    return _class_status(type(error))
+
+
+def type_of(error: errors.ServiceError) -> str:
+    """Our type of an error (a failed job's: the one the worker stored)."""
+    return error.kind if isinstance(error, errors.JobFailed) else error.type
+
+
+def http_type(error: HTTPException) -> str:
+    """An HTTP error's type: `Method Not Allowed` -> method_not_allowed."""
+    return (error.name or "error").lower().replace(" ", "_")
+
+
+def note_type(kind: str) -> None:
+    """Keep the answer's error type where api/metrics.py counts it (flask.g), whatever
+    shape the front gives its body."""
+    g.error_type = kind
 
 
 def error_response(
-    status: int, payload: dict[str, object], headers: dict | None = None
+    status: int, payload: dict[str, object], headers: dict | None = None, kind: str | None = None
 ) -> Response:
+    """Our JSON error body; `kind`: the error type to count, if not the payload's."""
+    note_type(kind or str(payload["type"]))
     return Response(
         orjson.dumps({"error": payload}), status=status, headers=headers,
         mimetype="application/json",
@@ -69,9 +97,8 @@ def _service_error(error: errors.ServiceError) -> Response:
 
 
 def _http_error(error: HTTPException) -> Response:
-    kind = (error.name or "error").lower().replace(" ", "_")
     response = error_response(
-        error.code or 500, {"type": kind, "message": error.description, "param": None}
+        error.code or 500, {"type": http_type(error), "message": error.description, "param": None}
     )
     if error.code == 405 and error.response is None:
         response.headers["Allow"] = ", ".join(getattr(error, "valid_methods", None) or [])
@@ -87,6 +114,15 @@ def _redis_down(error: redis.RedisError) -> Response:
     )
 
 
+def _redis_full(error: redis.exceptions.OutOfMemoryError) -> Response:
+    """Redis at maxmemory (noeviction) refuses writes: 507, as the fill check would."""
+    log.warning("redis is full: %s", error)
+    return _service_error(errors.InsufficientStorage(
+        "Redis is full (its maxmemory): let finished jobs' results expire (JOB_TTL_SECONDS), "
+        "or give Redis more memory"
+    ))  # fmt: skip
+
+
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled error")
     return error_response(
@@ -99,4 +135,5 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(redis.ConnectionError, _redis_down)
     app.register_error_handler(redis.TimeoutError, _redis_down)
+    app.register_error_handler(redis.exceptions.OutOfMemoryError, _redis_full)
     app.register_error_handler(Exception, _unexpected)

@@ -24,11 +24,13 @@ _metrics_dir = multiproc.ensure_dir()
 
 bind = f"{_settings.HOST}:{_settings.PORT}"
 workers = _settings.WEB_CONCURRENCY
-# Sync requests wait on Redis, not the CPU: threads let one process hold many of them.
-# Beyond its share of MAX_CONCURRENT_REQUESTS a process answers 429 (api/auth.py); the
-# spare threads keep polls, probes and cache hits answering meanwhile.
-worker_class = "gthread"
-threads = _settings.sync_slots_per_process() + 16
+# Sync requests wait on Redis, not the CPU, and clients may send slowly or not at all: a
+# greenlet per connection (gevent), not a thread, so neither starves anyone. Beyond its
+# share of MAX_CONCURRENT_REQUESTS a process answers 429 (api/auth.py). The worker answers
+# malformed HTTP with our JSON errors and cuts off slow bodies (api/http_worker.py); request
+# headers must arrive within `keepalive` seconds.
+worker_class = "api.http_worker.ApiWorker"
+worker_connections = 1000
 timeout = int(_settings.REQUEST_TIMEOUT_SECONDS) + 30
 graceful_timeout = 30
 keepalive = 5
@@ -37,8 +39,8 @@ keepalive = 5
 control_socket_disable = True
 loglevel = _settings.LOG_LEVEL
 accesslog = "-" if _settings.LOG_LEVEL == "debug" else None
-# gunicorn's own lines as JSON, like the app's (common/logs.py).
-logconfig_dict = logs.gunicorn_config(_settings.LOG_LEVEL, _settings.RUST_LOG)
+# gunicorn's own lines like the app's (common/logs.py): JSON, or readable on a terminal.
+logconfig_dict = logs.gunicorn_config(_settings.LOG_LEVEL, _settings.RUST_LOG, _settings.LOG_FORMAT)
 
 
 class QuietAccessLogger(Logger):

@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import orjson
-import redis
 
-from api import metrics
+from api import auth, metrics, quotas, storage
 from api.pipeline import (
     CachePolicy,
     check_provider,
@@ -25,11 +24,12 @@ from api.services import Services
 from api.uploads import Upload
 from common import chunking, ledger, logs
 from common.cache import entry_keys
-from common.errors import InsufficientStorage, InvalidRequest
+from common.errors import InvalidRequest
 from common.queueing import INDEX_BATCH_TASK, bulk_lane, send_index_finish
 from common.registry import ModelSpec
 from common.schemas import EmbedOptions, IndexBatchTask, IndexJobOptions
 from common.sinks import SinkConfig
+from common.storage import text_bytes
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,6 @@ class _Batch:
     plan: list[list[object]] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     docs: int = 0
-
-
-def check_room(client: redis.Redis, max_fill: float) -> None:
-    """Refuse new work while Redis is nearly full, rather than lose accepted work later."""
-    memory = client.info("memory")
-    limit = int(memory.get("maxmemory", 0))
-    if limit and int(memory["used_memory"]) > max_fill * limit:
-        raise InsufficientStorage(
-            f"Redis is {int(memory['used_memory']) / limit:.0%} full (limit {max_fill:.0%}): "
-            "let finished jobs' results expire (JOB_TTL_SECONDS), or give Redis more memory"
-        )
 
 
 def _limits(spec: ModelSpec, upload: Upload) -> tuple[int, int]:
@@ -84,12 +73,15 @@ class Planner:
 
     def __init__(
         self, svc: Services, spec: ModelSpec, job_id: str, queue: str, policy: CachePolicy,
-        options: EmbedOptions, sink: str | None = None,
+        options: EmbedOptions, owner: str, sink: str | None = None,
     ) -> None:  # fmt: skip
         self.svc, self.spec, self.job_id, self.queue = svc, spec, job_id, queue
+        self.owner = owner
         self.policy, self.options, self.sink = policy, options, sink
-        self.generations = svc.cache.generations(spec.name)
+        self.scope = auth.cache_scope()
+        self.generations = svc.cache.generations(spec.name, scope=self.scope)
         self.number = 0
+        self.tokens = 0
         self.batch = _Batch()
 
     def add(self, doc_id: str, pieces: list[Piece], metadata: dict | None = None) -> None:
@@ -97,6 +89,7 @@ class Planner:
         for piece in pieces:
             self.batch.texts.append(piece.text)
             self.batch.tokens.append(min(piece.tokens, self.spec.max_tokens))
+            self.tokens += self.batch.tokens[-1]
             self.batch.plan.append([doc_id, piece.index, piece.start, piece.end])
         if metadata:
             self.batch.metadata[doc_id] = orjson.dumps(metadata).decode()
@@ -112,16 +105,18 @@ class Planner:
         in_redis = {} if self.sink else batch.metadata  # a sink job's travels with the task
         store.add_batch(self.job_id, self.number, batch.plan, in_redis)
         keys = (
-            entry_keys(self.spec, self.options, batch.texts, self.generations)
+            entry_keys(self.spec, self.options, batch.texts, self.generations, self.scope)
             if self.policy.write
             else None
         )
+        held = storage.admit(self.svc, self.owner, text_bytes(batch.texts), "a batch",
+                             item=f"{self.job_id}:{self.number}", checked=False)  # fmt: skip
         task = IndexBatchTask(
             job_id=self.job_id, batch=self.number, docs=batch.docs, model=self.spec.name,
             texts=batch.texts, tokens=batch.tokens, options=self.options, cache_keys=keys,
             cache_read=self.policy.read, cache_ttl_seconds=self.svc.settings.CACHE_TTL_SECONDS,
             sink=self.sink, rows=batch.plan if self.sink else None,
-            metadata=batch.metadata if self.sink else None,
+            metadata=batch.metadata if self.sink else None, hold=held,
         )  # fmt: skip
         work = ledger.Note(
             kind="index_batch", queue=bulk_lane(self.queue), job_id=self.job_id,
@@ -152,25 +147,31 @@ def cache_policy(options: IndexJobOptions, cache_control: str | None) -> CachePo
 
 def start_job(
     svc: Services, model: str | None, owner: str, chunking_info: dict[str, int],
-    options: EmbedOptions, policy: CachePolicy, sink: str | None = None,
+    options: EmbedOptions, policy: CachePolicy, sink: str | None = None, *, size: int,
 ) -> Planner:  # fmt: skip
-    """Create the job and a planner that queues its batches; call `finish` after the last."""
+    """Create the job and a planner that queues its batches; call `finish` after the last.
+    Refused (403, 429) for a model outside the caller's key's list or a spent quota."""
     check_sink(svc, sink)
-    spec = known_dimensions(svc, svc.registry.get(model))
+    spec = svc.registry.get(model)
+    auth.check_model(spec.name)
+    quotas.charge(svc, spec.name, 1, mode="check")
+    spec = known_dimensions(svc, spec)
     metrics.note_model(spec)
     check_provider(svc, spec)
-    check_room(svc.redis, svc.settings.REDIS_MAX_FILL_RATIO)
+    storage.admit(svc, owner, size, "the upload")
     queue = pick_queue(svc, spec)
     check_queue(svc, bulk_lane(queue))
     job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info, sink)  # type: ignore[arg-type]
     logs.bind(job_id=job_id)
-    return Planner(svc, spec, job_id, queue, policy, options, sink)
+    return Planner(svc, spec, job_id, queue, policy, options, owner, sink)
 
 
 def finish(planner: Planner) -> str:
-    """Queue the last batch and mark the upload read; a sink job that ended before that
-    (every batch already done) is closed here."""
+    """Queue the last batch, count the job's tokens against the caller's key, and mark
+    the upload read; a sink job that ended before that (every batch already done) is
+    closed here."""
     planner.flush()
+    quotas.charge(planner.svc, planner.spec.name, planner.tokens, mode="record")
     settled = planner.svc.index_jobs.submitted(planner.job_id)
     if settled.finished_now and planner.sink:
         send_index_finish(planner.svc.celery, planner.job_id, planner.queue)
@@ -184,7 +185,7 @@ def submit(svc: Services, upload: Upload, owner: str, cache_control: str | None)
     chunking_info = {"max_tokens": max_tokens, "overlap_tokens": overlap}
     policy = cache_policy(upload.options, cache_control)
     planner = start_job(svc, spec.name, owner, chunking_info, options, policy,
-                        upload.options.sink)  # fmt: skip
+                        upload.options.sink, size=upload.size)  # fmt: skip
     svc.index_jobs.add_rejected(planner.job_id, upload.rejected)
     tokenizer = spec.tokenizer_file()
     for doc in upload.documents():

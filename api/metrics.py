@@ -5,8 +5,9 @@ api/gunicorn_conf.py before this module is imported) and a scrape sums them all;
 that variable (an app built in-process, as the tests do) the default registry is used.
 
 Figures shared by the whole service are read from Redis at scrape time (RedisCollector):
-queue depth, workers online, jobs by state, cache hits and misses. They are the same on
-every API instance: aggregate them with max(), not sum(), across instances.
+queue depth, workers online, jobs by state, cache hits and misses, Redis memory and each
+remote provider's circuit breaker. They are the same on every API instance: aggregate
+them with max(), not sum(), across instances.
 
 Worker-side figures (batch sizes formed, queued vs computing time, tokens embedded, task
 errors, GPU memory) come from each worker's own port: workers/metrics.py.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 from flask import Blueprint, Flask, Response, g, has_request_context, request
@@ -41,6 +43,7 @@ from prometheus_client.registry import Collector
 from api.services import Services, services
 from common import keys, logs
 from common.jobs import ACTIVE, JobStatus
+from common.providers import REMOTE
 from common.queueing import ALL_QUEUES
 from common.registry import ANY_OLLAMA_PREFIX, ModelSpec, Registry
 
@@ -98,7 +101,7 @@ CACHE_SIZE = Gauge(
 )
 ERRORS = Counter(
     "embedding_errors",
-    "Error answers by model, provider and reason (the error type of the JSON body).",
+    "Error answers by model, provider and reason (the error type, on every front).",
     ["model", "provider", "reason"],
 )
 TOKENS = Counter(
@@ -135,13 +138,6 @@ def _start() -> None:
     g.metrics_started = time.perf_counter()
 
 
-def _error_reason(response: Response) -> str:
-    body = response.get_json(silent=True) if not response.is_streamed else None
-    error = body.get("error") if isinstance(body, dict) else None
-    kind = error.get("type") if isinstance(error, dict) else None
-    return kind if isinstance(kind, str) and len(kind) <= 64 else f"http_{response.status_code}"
-
-
 def _observe(response: Response) -> Response:
     endpoint = _endpoint()
     if endpoint in UNCOUNTED:
@@ -155,7 +151,8 @@ def _observe(response: Response) -> Response:
             DURATION.labels(model, provider, endpoint).observe(time.perf_counter() - started)
         CACHE_SIZE.set(services().cache.local_entries())
     if status >= 400:
-        ERRORS.labels(model, provider, _error_reason(response)).inc()
+        # Set by the error handler (api/errors.py note_type); bounded: our error types.
+        ERRORS.labels(model, provider, g.get("error_type") or f"http_{status}").inc()
     elif model:
         TOKENS.labels(model, provider, endpoint).inc(tokens)
         INPUTS.labels(model, provider, endpoint).inc(texts)
@@ -177,7 +174,11 @@ class RedisCollector(Collector):
                     pipe.llen(queue)
                 pipe.hgetall(keys.JOB_STATS)
                 pipe.hgetall(keys.CACHE_STATS)
-                *depths, jobs, cache = pipe.execute()[-(len(ALL_QUEUES) + 2) :]
+                pipe.info("memory")
+                for provider in REMOTE:
+                    pipe.pttl(keys.breaker(provider.value, "open"))
+                asked = len(ALL_QUEUES) + 3 + len(REMOTE)
+                answers = pipe.execute()[-asked:]
             workers = self.svc.workers()
         except redis.RedisError:
             up.add_metric([], 0)
@@ -185,6 +186,10 @@ class RedisCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
+        depths = answers[: len(ALL_QUEUES)]
+        jobs, cache, memory = answers[len(ALL_QUEUES) : len(ALL_QUEUES) + 3]
+        yield from _redis_memory(memory)
+        yield _breakers(answers[len(ALL_QUEUES) + 3 :])
 
         depth = GaugeMetricFamily(
             "embedding_queue_depth", "Messages waiting in each Celery queue.", labels=["queue"]
@@ -233,6 +238,30 @@ class RedisCollector(Collector):
         for worker in workers:
             ages.add_metric([worker.name], round(max(0.0, now - worker.seen_at), 3))
         yield ages
+
+
+def _redis_memory(info: dict[str, Any]) -> Iterator[Metric]:
+    used = GaugeMetricFamily("embedding_redis_memory_used_bytes", "Redis used_memory.")
+    used.add_metric([], int(info.get("used_memory", 0)))
+    yield used
+    limit = GaugeMetricFamily(
+        "embedding_redis_memory_max_bytes",
+        "Redis maxmemory (0: no limit). Past REDIS_MAX_FILL_RATIO of it new work gets 507.",
+    )
+    limit.add_metric([], int(info.get("maxmemory", 0)))
+    yield limit
+
+
+def _breakers(open_ms: list[int]) -> Metric:
+    """From the PTTL of each remote provider's `open` key: positive while it fails fast."""
+    family = GaugeMetricFamily(
+        "embedding_provider_breaker_open",
+        "1 while a provider's circuit breaker is open (calls fail fast), else 0.",
+        labels=["provider"],
+    )
+    for provider, ms in zip(REMOTE, open_ms, strict=True):
+        family.add_metric([provider.value], int(ms > 0))
+    return family
 
 
 def _exposition(svc: Services) -> bytes:

@@ -32,18 +32,23 @@ REF = "#/components/schemas/{model}"
 
 ERRORS: dict[int, str] = {
     400: "Invalid request: the message and `param` say what to fix.",
-    401: "Missing or wrong API key.",
+    401: "Missing, wrong or expired API key.",
+    403: "The key may not do this: an admin route, or a model outside its list.",
     404: "Unknown model, job or route.",
     405: "Method not allowed on this route.",
     409: "Conflict (a cancelled job; a model whose dimensions are not known yet).",
-    413: "The body is larger than MAX_REQUEST_BYTES (uploads: MAX_UPLOAD_BYTES).",
+    413: "Larger than a limit: the body (MAX_REQUEST_BYTES; uploads: MAX_UPLOAD_BYTES), a "
+    "document (MAX_DOCUMENT_BYTES), a file (MAX_FILE_BYTES), or more than MAX_QUEUED_BYTES "
+    "or STORAGE_BYTES_PER_KEY take at once.",
     415: "Unsupported content type.",
     429: "Rate limited: retry after the Retry-After header.",
     500: "Internal error (a bug: the request id in X-Request-ID finds its logs).",
     502: "The remote provider answered with an error.",
-    503: "Redis, the provider, or every worker for the model is unavailable.",
+    503: "Redis, the provider, or every worker for the model is unavailable; or the queues "
+    "are full (MAX_QUEUE_DEPTH, MAX_QUEUED_BYTES): retry after Retry-After.",
     504: "Timed out: the job goes on; poll error.status_url.",
-    507: "Redis is nearly full: new work is refused until results are deleted.",
+    507: "Redis is nearly full (REDIS_MAX_FILL_RATIO), or the key holds its share "
+    "(STORAGE_BYTES_PER_KEY): new work is refused until results expire or files are deleted.",
 }
 
 HEADERS: dict[str, dict[str, Any]] = {
@@ -66,6 +71,11 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "X-Job-Status": {"description": "The job's status now.", "schema": {"type": "string"}},
+    "X-Results-Complete": {
+        "description": "true: the job has settled and this is the end of its results; "
+        "false: rows may still be added (running or cancelling): resume at X-Next-Cursor.",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
 }
 
 PARAMETERS: dict[str, dict[str, Any]] = {

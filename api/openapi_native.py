@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from api.openapi import Body, Operation, Reply, path_param, query_param, register
+from common.api_keys import KeyLimits, NewKey
 from common.responses import (
     CacheCleared,
     EmbeddingResponse,
@@ -14,15 +15,24 @@ from common.responses import (
     IndexResultLine,
     JobAccepted,
     JobResponse,
+    KeyCreated,
+    KeyInfo,
+    KeyList,
+    KeyRevoked,
     Liveness,
     ModelList,
     Readiness,
     SinkList,
+    UsageReport,
 )
 from common.schemas import Document, EmbeddingRequest, IndexJobOptions
 
 CACHE_CONTROL = {"$ref": "#/components/parameters/CacheControl"}
 JOB_ID = path_param("job_id", "The job id the submit answer gave.")
+KEY_ID = path_param("key_id", "The key's id (the part after emb_).")
+KEY_QUERY = query_param("key", {"type": "string"},
+                        "Admin keys: another key's id, or all.")  # fmt: skip
+KEYS = "API keys"
 EMBEDDINGS = "Embeddings"
 JOBS = "Jobs"
 INDEX = "Index jobs"
@@ -63,7 +73,7 @@ register(
         parameters=(CACHE_CONTROL,),
         responses={200: Reply("The vectors, in input order.", EmbeddingResponse,
                               headers=("X-Cache",))},
-        errors=(400, 404, 409, 413, 415, 500, 502, 503, 504),
+        errors=(400, 404, 409, 413, 415, 500, 502, 503, 504, 507),
     ),
     Operation(
         "post", "/api/v1/jobs", "Submit an embedding job", JOBS,
@@ -72,7 +82,7 @@ register(
         bodies=(Body(EmbeddingRequest),),
         parameters=(CACHE_CONTROL,),
         responses={202: Reply("Queued.", JobAccepted, headers=("Location",))},
-        errors=(400, 404, 413, 415, 503),
+        errors=(400, 404, 413, 415, 503, 507),
     ),
     Operation(
         "get", "/api/v1/jobs/{job_id}", "A job's status, then its result", JOBS,
@@ -127,9 +137,10 @@ register(
             query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100,
                                   "default": 20}, "Jobs per page."),
             query_param("cursor", {"type": "string"}, "next_cursor of the previous page."),
+            KEY_QUERY,
         ),
         responses={200: Reply("A page of jobs.", IndexJobList)},
-        errors=(400, 503),
+        errors=(400, 403, 503),
     ),
     Operation(
         "get", "/api/v1/sinks", "The result sinks an index job may name", INDEX,
@@ -148,7 +159,8 @@ register(
     Operation(
         "delete", "/api/v1/index-jobs/{job_id}", "Cancel an index job", INDEX,
         operation_id="cancelIndexJob",
-        description="No new batches start; what is done stays downloadable.",
+        description="No new batches start; what is done stays downloadable. The job is "
+        "`cancelling` until the batches already started end, then `cancelled`.",
         parameters=(JOB_ID,),
         responses={200: Reply("The job after the cancel.", IndexJobDetail)},
         errors=(404, 503),
@@ -157,7 +169,8 @@ register(
         "get", "/api/v1/index-jobs/{job_id}/results", "Download an index job's vectors", INDEX,
         operation_id="getIndexJobResults",
         description="In a stable order (batch, then chunk), resumable with the cursor from "
-        "X-Next-Cursor. While the job runs only the settled prefix is sent.",
+        "X-Next-Cursor. While the job runs (or is cancelling) only the settled prefix is "
+        "sent, and X-Results-Complete is false.",
         parameters=(
             JOB_ID,
             query_param("format", {"type": "string", "enum": ["ndjson", "npy", "npz"],
@@ -171,7 +184,7 @@ register(
                 "NDJSON lines (one per chunk), a float32 .npy matrix, or an .npz archive "
                 "(embeddings, ids, chunks, starts, ends).",
                 IndexResultLine, "application/x-ndjson",
-                headers=("X-Next-Cursor", "X-Job-Status"),
+                headers=("X-Next-Cursor", "X-Job-Status", "X-Results-Complete"),
                 alternatives=(
                     Body(None, "application/octet-stream", {"type": "string",
                                                             "format": "binary"}),
@@ -191,10 +204,15 @@ register(
         "delete", "/api/v1/cache", "Clear the embedding cache", SERVICE,
         operation_id="clearCache",
         description="O(1): bumps a generation that is part of every cache key; every API "
-        "process sees it at once and Redis reclaims old entries as their TTLs expire.",
-        parameters=(query_param("model", {"type": "string"}, "Only this model's entries."),),
+        "process sees it at once and Redis reclaims old entries as their TTLs expire. A "
+        "client key clears its own entries (CACHE_SCOPE=key); an admin key everything, one "
+        "model's or one key's.",
+        parameters=(
+            query_param("model", {"type": "string"}, "Only this model's entries (admin keys)."),
+            query_param("key", {"type": "string"}, "Only this key's entries (admin keys)."),
+        ),
         responses={200: Reply("Cleared.", CacheCleared)},
-        errors=(404, 503),
+        errors=(400, 403, 404, 503),
     ),
     Operation(
         "get", "/health", "Service health: Redis, queues, workers, providers, models, cache",
@@ -226,5 +244,53 @@ register(
         "queue depth, jobs by state. Worker figures are on each worker's own port.",
         responses={200: Reply("Prometheus exposition.", None, "text/plain",
                               {"type": "string"})},
+    ),
+)  # fmt: skip
+
+register(
+    Operation(
+        "post", "/api/v1/keys", "Create an API key (admin keys)", KEYS,
+        operation_id="createKey",
+        description="The answer holds the key itself, once; Redis keeps only its hash.",
+        bodies=(Body(NewKey),),
+        responses={201: Reply("The new key.", KeyCreated)},
+        errors=(400, 401, 403, 413, 415, 503),
+    ),
+    Operation(
+        "get", "/api/v1/keys", "List API keys (admin keys)", KEYS,
+        operation_id="listKeys",
+        responses={200: Reply("Every key, oldest first; never a secret.", KeyList)},
+        errors=(401, 403, 503),
+    ),
+    Operation(
+        "patch", "/api/v1/keys/{key_id}", "Change a key's limits (admin keys)", KEYS,
+        operation_id="updateKey",
+        description="Sets the fields given; null clears a limit.",
+        bodies=(Body(KeyLimits),),
+        parameters=(KEY_ID,),
+        responses={200: Reply("The key after the change.", KeyInfo)},
+        errors=(400, 401, 403, 404, 413, 415, 503),
+    ),
+    Operation(
+        "delete", "/api/v1/keys/{key_id}", "Revoke a key (admin keys)", KEYS,
+        operation_id="revokeKey",
+        description="Its calls get 401 from now on. Auth stays on, even with no key left.",
+        parameters=(KEY_ID,),
+        responses={200: Reply("Revoked.", KeyRevoked)},
+        errors=(401, 403, 404, 503),
+    ),
+    Operation(
+        "get", "/api/v1/usage", "Requests, input tokens and cache hits by day and model", KEYS,
+        operation_id="getUsage",
+        description="The caller's own key; an admin key may name another (key=<id>) or all.",
+        parameters=(
+            query_param("from", {"type": "string", "format": "date"},
+                        "First UTC day, YYYY-MM-DD (default: 29 days before `to`)."),
+            query_param("to", {"type": "string", "format": "date"},
+                        "Last UTC day, YYYY-MM-DD (default: today)."),
+            KEY_QUERY,
+        ),
+        responses={200: Reply("One row per key, day and model.", UsageReport)},
+        errors=(400, 401, 403, 503),
     ),
 )  # fmt: skip

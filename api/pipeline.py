@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from flask import g, request
 
-from api import auth, metrics
+from api import auth, metrics, quotas, storage
 from api.services import Services
 from common import errors, ledger, logs, providers
 from common.breaker import CircuitBreaker
@@ -17,7 +17,8 @@ from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK, QueueName
 from common.registry import ModelSpec, Provider
 from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
-from common.tokenization import token_lengths
+from common.storage import text_bytes
+from common.tokenization import char_limit, cut_at, token_lengths
 from common.vectors import unpack_rows
 
 DEADLINE_HEADER = "X-Request-Timeout"
@@ -55,9 +56,12 @@ class Outcome:
 
 
 def prepare(svc: Services, request: EmbeddingRequest) -> Prepared:
-    """Resolve the model and count tokens; refuse over-long texts when truncate is false."""
-    spec = providers.with_dimensions(svc.redis, svc.registry.get(request.model))
-    texts = request.texts
+    """Resolve the model (one the caller's key may use) and count tokens; refuse over-long
+    texts when truncate is false."""
+    spec = svc.registry.get(request.model)
+    auth.check_model(spec.name)
+    spec = providers.with_dimensions(svc.redis, spec)
+    texts = bounded(spec, request.texts, request.truncate)
     lengths = token_lengths(spec.tokenizer_file(), texts)
     if not request.truncate:
         for i, n in enumerate(lengths):
@@ -71,6 +75,26 @@ def prepare(svc: Services, request: EmbeddingRequest) -> Prepared:
     tokens = [min(n, spec.max_tokens) for n in lengths]
     metrics.note_model(spec, sum(tokens), len(texts))
     return Prepared(spec, texts, tokens, request.options, request.encoding_format)
+
+
+def bounded(spec: ModelSpec, texts: list[str], truncate: bool) -> list[str]:
+    """The texts cut where no token the model reads can be (tokenization.char_limit),
+    before anything counts their tokens; without truncate, a text past that is refused."""
+    limit = char_limit(spec.tokenizer_file(), spec.max_tokens)
+    out = list(texts)
+    for i, text in enumerate(texts):
+        end = cut_at(text, limit)
+        if end is None:
+            continue
+        if not truncate:
+            raise errors.InvalidRequest(
+                f"input[{i}] has more than {limit} characters besides whitespace, so more "
+                f"than {spec.max_tokens} tokens; {spec.name} takes at most {spec.max_tokens} "
+                "(send truncate: true to cut it)",
+                param=f"input[{i}]",
+            )
+        out[i] = text[:end]
+    return out
 
 
 def check_dimensions(spec: ModelSpec, wanted: int | None) -> None:
@@ -153,17 +177,23 @@ def client_deadline() -> float | None:
 
 
 def cache_keys(svc: Services, prep: Prepared) -> list[str]:
-    """The texts' cache keys, at the cache epoch this request read (api/auth.py)."""
-    return svc.cache.keys_for(prep.spec, prep.options, prep.texts, g.get("cache_epoch"))
+    """The texts' cache keys in the caller's scope, at the cache epoch this request read
+    (api/auth.py)."""
+    epoch, scope = g.get("cache_epoch"), auth.cache_scope()
+    return svc.cache.keys_for(prep.spec, prep.options, prep.texts, epoch, scope)
 
 
 def submit(
     svc: Services, prep: Prepared, policy: CachePolicy, deadline: float | None = None
 ) -> str:
-    """Record the job, then send the task by name (the API never imports workers)."""
+    """Count it against the caller's quotas, record the job, then send the task by name
+    (the API never imports workers)."""
     check_provider(svc, prep.spec)
     queue = pick_queue(svc, prep.spec)
     check_queue(svc, queue)
+    quotas.charge(svc, prep.spec.name, sum(prep.tokens))
+    held = storage.admit(svc, auth.owner(), text_bytes(prep.texts), "the request's texts",
+                         item=storage.new_item())  # fmt: skip
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
     job_id = svc.jobs.create(
         prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
@@ -179,6 +209,7 @@ def submit(
         cache_read=policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
         deadline=deadline,
+        hold=held,
     )
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
@@ -196,8 +227,9 @@ def send(svc: Services, name: str, task: EmbedTask, work: ledger.Note, summary: 
     )
 
 
-def finished(svc: Services, job: Job) -> np.ndarray:
-    """The vectors of a job that was waited for, or the error that ended it."""
+def finished(svc: Services, job: Job, waited: float) -> np.ndarray:
+    """The vectors of a job that was waited for `waited` seconds, or the error that ended
+    it."""
     if job.status is JobStatus.SUCCEEDED:
         return svc.jobs.vectors(job)
     if job.status is JobStatus.FAILED and job.error:
@@ -205,7 +237,7 @@ def finished(svc: Services, job: Job) -> np.ndarray:
     if job.status is JobStatus.CANCELLED:
         raise errors.Conflict(f"job {job.id} was cancelled")
     raise errors.Timeout(
-        f"not done within {svc.settings.REQUEST_TIMEOUT_SECONDS:g}s; the job goes on: poll it",
+        f"not done within {waited:.3g}s; the job goes on: poll it",
         job.id,
     )
 
@@ -218,6 +250,7 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
         found = svc.cache.get_many(keys, count=False)
         hits = sum(value is not None for value in found)
         if hits == n:
+            quotas.charge(svc, prep.spec.name, sum(prep.tokens), hit=True)
             svc.cache.count_hits(n)
             matrix = unpack_rows(found)  # type: ignore[arg-type]
             return Outcome(prep.spec.name, matrix, sum(prep.tokens), "hit")
@@ -231,7 +264,7 @@ def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
         wait = min(wait, deadline - time.time())
     with auth.sync_slot():
         job = svc.jobs.wait(submit(svc, prep, policy, deadline), wait)
-    matrix = finished(svc, job)
+    matrix = finished(svc, job, wait)
     if keys is not None and policy.write:
         svc.cache.remember(keys, [row.tobytes() for row in matrix])
     return Outcome(job.model, matrix, job.prompt_tokens, "partial" if hits else "miss")

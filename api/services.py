@@ -14,10 +14,11 @@ from common.cache import EmbeddingCache
 from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
 from common.queueing import make_celery
-from common.redis_client import connect
+from common.redis_client import connect, tls_options
 from common.registry import Registry, load_registry
 from common.settings import Settings
 from common.sinks import SinkConfig, load_sinks
+from common.usage import UsageMeter
 
 PRESENCE_CACHE_SECONDS = 1.0
 
@@ -32,11 +33,17 @@ class Services:
     cache: EmbeddingCache
     celery: Celery
     sinks: dict[str, SinkConfig]
+    usage: UsageMeter
     _workers: tuple[float, list[presence.WorkerInfo]] = field(default=(0.0, []))
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        client = connect(settings.REDIS_URL, max_connections=settings.MAX_CONCURRENT_REQUESTS + 20)
+        client = connect(
+            settings.REDIS_URL,
+            max_connections=settings.MAX_CONCURRENT_REQUESTS + 20,
+            tls=tls_options(settings),
+            wait=True,
+        )
         return cls(
             settings=settings,
             registry=load_registry(settings),
@@ -46,6 +53,7 @@ class Services:
             cache=EmbeddingCache(client, settings.CACHE_TTL_SECONDS, settings.CACHE_SIZE),
             celery=make_celery(settings, main="embeddings-api"),
             sinks=load_sinks(settings.SINKS_FILE),
+            usage=UsageMeter(client),
         )
 
     def workers(self) -> list[presence.WorkerInfo]:

@@ -2,7 +2,9 @@
 
 Documents are validated one by one and the good ones spooled to a temporary file
 (memory up to SPOOL_MEMORY_BYTES, then disk), so an upload of any size is never held
-whole in memory, and a refused upload (on_error=fail) queues nothing.
+whole in memory, and a refused upload (on_error=fail) queues nothing. Lines are read at
+most MAX_DOCUMENT_BYTES at a time: a longer one is refused (413) before it is held whole.
+A JSON body is read whole, so it is held to MAX_REQUEST_BYTES.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from pydantic import ValidationError
 from werkzeug.exceptions import UnsupportedMediaType
 
 from api.body import json_body
-from common.errors import InvalidRequest
+from common.errors import InvalidRequest, PayloadTooLarge
 from common.schemas import Document, IndexJobOptions, first_error
+from common.settings import Settings
 
 SPOOL_MEMORY_BYTES = 8 * 1024 * 1024
 NDJSON_TYPES = {"application/x-ndjson", "application/jsonl", "application/json-lines"}
@@ -35,6 +38,8 @@ class Upload:
     options: IndexJobOptions
     spool: IO[bytes]
     valid: int = 0
+    size: int = 0
+    """Bytes of the valid documents, as spooled (what their tasks will carry, about)."""
     rejected: dict[str, str] = field(default_factory=dict)
 
     def documents(self) -> Iterator[Document]:
@@ -55,8 +60,21 @@ def _options(source: dict[str, object], strict: bool) -> IndexJobOptions:
         raise InvalidRequest(f"{param}: {message}", param=param) from None
 
 
-def _lines(stream: Iterable[bytes]) -> Iterator[tuple[str, object]]:
-    for number, raw in enumerate(stream, 1):
+def _too_large(where: str, limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"{where}: the document is more than {limit} bytes (MAX_DOCUMENT_BYTES): split it; "
+        "nothing was queued",
+        param=where,
+    )
+
+
+def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[str, object]]:
+    """Each line, parsed; 413 for one longer than `limit` bytes, read no further."""
+    number = 0
+    while raw := stream.readline(limit + 2):  # + its \r\n
+        number += 1
+        if len(raw.rstrip(b"\r\n")) > limit:
+            raise _too_large(f"line {number}", limit)
         if not raw.strip():
             continue
         try:
@@ -65,9 +83,11 @@ def _lines(stream: Iterable[bytes]) -> Iterator[tuple[str, object]]:
             yield f"line {number}", InvalidRequest(f"malformed JSON: {error}")
 
 
-def _sources() -> tuple[IndexJobOptions, Iterable[tuple[str, object]]]:
+def _sources(settings: Settings) -> tuple[IndexJobOptions, Iterable[tuple[str, object]]]:
     mimetype = request.mimetype
+    limit = settings.MAX_DOCUMENT_BYTES
     if mimetype == "application/json":
+        request.max_content_length = min(settings.MAX_UPLOAD_BYTES, settings.MAX_REQUEST_BYTES)
         body = json_body()
         if not isinstance(body, dict):
             raise InvalidRequest("the request body must be a JSON object", param="body")
@@ -77,26 +97,27 @@ def _sources() -> tuple[IndexJobOptions, Iterable[tuple[str, object]]]:
         options = _options(body, strict=True)
         return options, ((f"documents[{i}]", doc) for i, doc in enumerate(documents))
     if mimetype in NDJSON_TYPES:
-        return _options(dict(request.args), strict=False), _lines(request.stream)
+        return _options(dict(request.args), strict=False), _lines(request.stream, limit)
     if mimetype == "multipart/form-data":
         upload = request.files.get("file")
         if upload is None:
             raise InvalidRequest("send the JSONL documents in a form field named file", "file")
         options = _options({**request.args, **request.form}, strict=False)
-        return options, _lines(upload.stream)
+        return options, _lines(upload.stream, limit)
     raise UnsupportedMediaType(
         "send application/json, application/x-ndjson, or multipart/form-data with a file"
     )
 
 
-def read_upload(max_bytes: int, check: Callable[[IndexJobOptions], object]) -> Upload:
+def read_upload(settings: Settings, check: Callable[[IndexJobOptions], object]) -> Upload:
     """Validate every document; refuse the upload, or list the bad ones (on_error=skip).
 
     `check` sees the options before any document is read. A document id seen before in
-    the upload is a bad document: its rows could not be told apart in the results.
+    the upload is a bad document: its rows could not be told apart in the results. One
+    past MAX_DOCUMENT_BYTES refuses the upload (413), whatever on_error says.
     """
-    request.max_content_length = max_bytes
-    options, items = _sources()
+    request.max_content_length = settings.MAX_UPLOAD_BYTES
+    options, items = _sources(settings)
     check(options)
     upload = Upload(options, tempfile.SpooledTemporaryFile(SPOOL_MEMORY_BYTES))  # noqa: SIM115 (the caller closes it)
     errors: list[str] = []
@@ -119,9 +140,12 @@ def read_upload(max_bytes: int, check: Callable[[IndexJobOptions], object]) -> U
             known = isinstance(doc_id, str | int) and not isinstance(error, _Duplicate)
             upload.rejected[str(doc_id) if known else where] = message
             continue
-        upload.spool.write(orjson.dumps({"id": str(doc.id), "text": doc.text,
-                                         "metadata": doc.metadata}) + b"\n")  # fmt: skip
+        line = orjson.dumps({"id": str(doc.id), "text": doc.text, "metadata": doc.metadata})
+        if len(line) > settings.MAX_DOCUMENT_BYTES:  # a JSON body's document
+            raise _too_large(where, settings.MAX_DOCUMENT_BYTES)
+        upload.spool.write(line + b"\n")
         upload.valid += 1
+        upload.size += len(line)
     if errors and options.on_error == "fail":
         shown = "; ".join(errors[:LISTED_ERRORS])
         more = f" (and {len(errors) - LISTED_ERRORS} more)" if len(errors) > LISTED_ERRORS else ""

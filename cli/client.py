@@ -61,6 +61,9 @@ class Client:
     def cancel_index_job(self, job_id: str) -> dict:
         return self._call("DELETE", f"/api/v1/index-jobs/{job_id}").json()
 
+    def usage(self, params: dict[str, str]) -> dict:
+        return self._call("GET", "/api/v1/usage", params=params).json()
+
     def results_page(
         self, job_id: str, cursor: int, batches: int, fmt: str = "ndjson"
     ) -> tuple[Iterator[bytes], int | None]:

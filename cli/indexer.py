@@ -59,7 +59,7 @@ def watch(client: Client, job_id: str) -> dict:
             bar.n = job["chunks"]["done"] + job["chunks"]["failed"]
             bar.set_postfix(docs=job["documents"]["done"], failed=job["documents"]["failed"])
             bar.refresh()
-            if job["status"] not in ("queued", "running"):
+            if job["status"] not in ("queued", "running", "cancelling"):
                 return job
             time.sleep(POLL_SECONDS)
             job = client.index_job(job_id)

@@ -3,6 +3,7 @@
 Before anything starts: one launcher per run directory (a lock on `<run_dir>/up.lock`),
 the API's port taken (the launcher binds it and hands the socket to gunicorn) and Flower's
 port free. Ready means this launch's API answers on that socket and lists its own workers.
+Once ready, it starts again whatever of its own dies (cli/supervisor.py).
 """
 
 from __future__ import annotations
@@ -21,17 +22,26 @@ import redis
 
 from cli import locks, ports, readiness
 from cli.processes import spawn
-from cli.redis_server import DataDirInUse, RedisServer, free_port
+from cli.redis_server import DataDirInUse, RedisServer, free_port, maxmemory_bytes
+from cli.supervisor import Child, Supervisor
+from common import logs
 from common.api_keys import KeyStore
 from common.providers import REMOTE, missing_setting
-from common.redis_client import connect
+from common.redis_client import connect, tls_options
 from common.registry import load_registry
-from common.settings import Settings, SettingsError, load_settings
+from common.settings import Settings, SettingsError, load_settings, masked_url
 
 READY_TIMEOUT_SECONDS = 180
 
 API_PORT_CHANGE = "set PORT to another port (HOST: the address)"
 FLOWER_PORT_CHANGE = "use --flower-port (FLOWER_PORT)"
+
+
+def flower_command(port: int) -> list[str]:
+    """Flower on 127.0.0.1 (it reads FLOWER_BASIC_AUTH and its other options from FLOWER_*
+    variables; its broker page takes REDIS_URL's TLS from the Celery app's broker_use_ssl)."""
+    return [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
+            f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
 
 
 @dataclass
@@ -46,6 +56,8 @@ class Stack:
     redis_url: str = ""
     api_url: str = ""
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    spawn_args: dict[str, tuple[list[str], dict]] = field(default_factory=dict)
+    """What each child was started with: to start it again the same way."""
 
     def commands(self) -> dict[str, list[str]]:
         celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
@@ -59,7 +71,7 @@ class Stack:
                 *celery, "worker", "-Q", "cpu", "--pool", "threads", "--concurrency", "16",
                 "-n", "cpu@%h", "--loglevel", level,
             ],
-            "flower": [*celery, "flower", f"--port={self.flower_port}", "--address=127.0.0.1"],
+            "flower": flower_command(self.flower_port),
         }  # fmt: skip
         if self.gpu_worker:
             cmds["worker-gpu"] = [
@@ -77,12 +89,17 @@ class Stack:
     def start(self) -> None:
         env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                    PYTHONUNBUFFERED="1")  # fmt: skip
+        # Readable lines when we run in a terminal (JSON otherwise), whatever the children's
+        # own stderr turns out to be.
+        env["LOG_FORMAT"] = logs.resolve_format(self.settings.LOG_FORMAT)
         if "REDIS_URL" not in os.environ:
-            self.redis = RedisServer(self.run_dir / "redis").start()
+            memory = maxmemory_bytes(self.settings.REDIS_MAXMEMORY)
+            self.redis = RedisServer(self.run_dir / "redis", maxmemory=memory).start()
             env["REDIS_URL"] = self.redis.url
-            print(f"redis   {self.redis.url}  (embedded, data in {self.redis.data_dir})")
+            print(f"redis   {self.redis.url}  (embedded, data in {self.redis.data_dir}, "
+                  f"maxmemory {memory // 2**20} MiB)")  # fmt: skip
         else:
-            print(f"redis   {env['REDIS_URL']}  (external)")
+            print(f"redis   {masked_url(env['REDIS_URL'])}  (external)")
         self.redis_url = env["REDIS_URL"]
         self.api_url = (
             ports.local_url(self.api_socket)
@@ -100,7 +117,8 @@ class Stack:
                 port = free_port()  # one per worker; WORKER_METRICS_PORT=0 turns them off
                 child_env = dict(env, WORKER_METRICS_PORT=str(port))
                 metrics.append(f"{name} http://{host}:{port}/metrics")
-            self.children[name] = spawn(cmd, env=child_env, cwd=root, **extra)
+            self.spawn_args[name] = (cmd, dict(env=child_env, cwd=root, **extra))
+            self.respawn(name)
         print(f"api     http://{host}:{self.settings.PORT}  (health: /health, docs: /docs)")
         print(f"metrics http://{host}:{self.settings.PORT}/metrics (api)", *metrics, sep="  ")
         self._say_auth(env["REDIS_URL"])
@@ -112,21 +130,43 @@ class Stack:
                 "set FLOWER_BASIC_AUTH=user:password to require a login)"
             )
 
+    def respawn(self, name: str) -> None:
+        cmd, options = self.spawn_args[name]
+        self.children[name] = spawn(cmd, **options)
+
+    def supervise(self) -> None:
+        """Run till Ctrl-C, starting again any child, or the embedded Redis (on its port and
+        data directory), that dies (cli/supervisor.py)."""
+        watched = [
+            Child(name, lambda name=name: self.children[name].poll(),
+                  lambda name=name: self.respawn(name))
+            for name in self.children
+        ]  # fmt: skip
+        if self.redis:
+            redis_server = self.redis
+            watched.append(Child("redis", lambda: redis_server.process.poll(), redis_server.start))
+        supervisor = Supervisor(watched)
+        while True:
+            time.sleep(0.5)
+            supervisor.check()
+
     def _say_auth(self, redis_url: str) -> None:
         try:
-            keyed = KeyStore(connect(redis_url)).any()
+            keyed = KeyStore(connect(redis_url, tls=tls_options(self.settings))).auth_on()
         except redis.RedisError:
             keyed = False
         if keyed or self.settings.AUTH_REQUIRED:
-            print("auth    on: calls need an API key (embeddings keys create --name ...)")
+            print("auth    on: calls need an API key "
+                  "(embeddings keys create --name ... --role admin|client)")  # fmt: skip
         else:
-            print("auth    OFF: no API key exists, the API is open to anyone who can reach it "
-                  "(create one with: embeddings keys create --name ...)")  # fmt: skip
+            print("auth    OFF (AUTH_REQUIRED=false, open mode for local use): the API is open "
+                  "to anyone who can reach it until the first key is made, and closed for good "
+                  "then (embeddings keys create --name ... --role admin)")  # fmt: skip
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_SECONDS) -> bool:
         """Whether this launch became ready: every child alive, its API (on the socket
         only it can answer on) reporting ok and listing its workers, known by their pids."""
-        client = connect(self.redis_url)
+        client = connect(self.redis_url, tls=tls_options(self.settings))
         workers = [p.pid for name, p in self.children.items() if name.startswith("worker-")]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -187,6 +227,8 @@ def run(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
 
 
 def _run_locked(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
+    # One machine's own use: open until the first key is made, unless the caller says so.
+    os.environ.setdefault("AUTH_REQUIRED", "false")
     try:
         settings = load_settings()
         load_registry(settings)
@@ -218,11 +260,8 @@ def _run_locked(flower_port: int, gpu_worker: bool, run_dir: Path) -> int:
             print("the system did not become ready; see the logs above", file=sys.stderr)
             return 1
         print("ready. Ctrl-C stops everything.")
-        while all(p.poll() is None for p in stack.children.values()):
-            time.sleep(1)
-        dead = [name for name, p in stack.children.items() if p.poll() is not None]
-        print(f"{', '.join(dead)} exited; stopping the rest", file=sys.stderr)
-        return 1
+        stack.supervise()
+        return 0
     except KeyboardInterrupt:
         print("\nstopping...")
         return 0

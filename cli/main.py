@@ -9,6 +9,7 @@ import click
 
 from cli import indexer, launcher
 from cli.client import ApiError, Client
+from common.api_keys import LIMIT_FIELDS
 
 url_option = click.option(
     "--url", default="http://localhost:3010", envvar="EMBEDDINGS_URL", show_default=True
@@ -150,36 +151,142 @@ def keys() -> None:
 
 
 def _key_store():  # type: ignore[no-untyped-def]
+    import redis
+
+    from common import logs
     from common.api_keys import KeyStore
-    from common.redis_client import connect
-    from common.settings import SettingsError, load_settings
+    from common.redis_client import connect, tls_options
+    from common.settings import SettingsError, load_settings, masked_url
 
     try:
-        return KeyStore(connect(load_settings().REDIS_URL))
+        settings = load_settings()
     except SettingsError as error:
         raise click.ClickException(str(error)) from None
+    logs.configure(settings.LOG_LEVEL, settings.RUST_LOG, "cli", "json")  # audit lines
+    client = connect(settings.REDIS_URL, tls=tls_options(settings))
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        where = masked_url(settings.REDIS_URL)
+        raise click.ClickException(f"cannot reach Redis at {where}: {error}") from None
+    return KeyStore(client)
+
+
+def _limit_options(command):  # type: ignore[no-untyped-def]
+    """The options of a key's limits (common/api_keys.KeyLimits), for create and update."""
+    count = click.IntRange(min=1)
+    options = [
+        click.option("--label", default=None, help="Free text."),
+        click.option("--model", "models", multiple=True,
+                     help="A model it may use (repeat it); default: every model."),
+        click.option("--requests-per-minute", type=count, default=None,
+                     help="In place of RATE_LIMIT_REQUESTS_PER_MINUTE."),
+        click.option("--tokens-per-minute", type=count, default=None),
+        click.option("--tokens-per-day", type=count, default=None, help="A daily quota (UTC)."),
+        click.option("--tokens-per-month", type=count, default=None,
+                     help="A monthly quota (UTC)."),
+        click.option("--expires-at", default=None,
+                     help="ISO 8601, e.g. 2026-01-31T00:00:00Z (UTC unless it says); then 401."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _limits(given: dict[str, object]):  # type: ignore[no-untyped-def]
+    from pydantic import ValidationError
+
+    from common.api_keys import KeyLimits
+
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()
+              if v is not None and v != ()}  # fmt: skip
+    try:
+        return KeyLimits.model_validate(values)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        raise click.ClickException(f"{problem['loc'][0]}: {problem['msg']}") from None
+
+
+def _audit(event: str, **details: object) -> None:
+    from common.audit import audit
+
+    audit(event, actor="cli", via="cli", **details)
 
 
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
-def keys_create(name: str) -> None:
+@click.option(
+    "--role", type=click.Choice(["admin", "client"]), default="client", show_default=True,
+    help="admin: manages keys, sees every key's work and usage.",
+)  # fmt: skip
+@_limit_options
+def keys_create(name: str, role: str, **limits: object) -> None:
     """Create a key. Its text is printed once; only its hash is stored."""
-    key, text = _key_store().create(name)
+    store = _key_store()
+    key, text = store.create(name, role, _limits(limits))  # type: ignore[arg-type]
+    _audit("key_created", key_id=key.id, role=role)
     click.echo(text)
-    click.echo(f"created key {key.id} ({name}); auth is now on for every caller", err=True)
+    click.echo(f"created {role} key {key.id} ({name}); auth is on for good", err=True)
+
+
+@keys.command("update")
+@click.argument("key_id")
+@_limit_options
+@click.option("--clear", "cleared", multiple=True, type=click.Choice(LIMIT_FIELDS),
+              help="Remove this limit (repeat it).")  # fmt: skip
+def keys_update(key_id: str, cleared: tuple[str, ...], **limits: object) -> None:
+    """Change a key's limits: the options given, and --clear ones."""
+    changes = _limits(limits).model_dump(exclude_unset=True) | dict.fromkeys(cleared)
+    if not changes:
+        raise click.UsageError("give a limit to set, or --clear NAME")
+    key = _key_store().update(key_id, changes)
+    if key is None:
+        raise click.ClickException(f"no key {key_id!r}")
+    _audit("key_updated", key_id=key_id, changed=sorted(changes))
+    click.echo(_key_line(key))
+
+
+def _key_line(key) -> str:  # type: ignore[no-untyped-def]
+    limits = key.limits.model_dump(mode="json", exclude_none=True)
+    shown = " ".join(f"{k}={','.join(v) if isinstance(v, list) else v}" for k, v in limits.items())
+    return f"{key.id}  {key.role:<6}  {key.name}  {shown}".rstrip()
 
 
 @keys.command("list")
 def keys_list() -> None:
-    """List keys (ids and names; never the keys themselves)."""
+    """List keys (ids, roles, names and limits; never the keys themselves)."""
     for key in _key_store().list():
-        click.echo(f"{key.id}  {key.name}")
+        click.echo(_key_line(key))
 
 
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:
-    """Revoke a key by id: its calls fail from now on."""
+    """Revoke a key by id: its calls fail from now on (auth stays on)."""
     if not _key_store().revoke(key_id):
         raise click.ClickException(f"no key {key_id!r}")
+    _audit("key_revoked", key_id=key_id)
     click.echo(f"revoked {key_id}", err=True)
+
+
+@main.command()
+@click.option("--from", "first", default=None, help="First UTC day, YYYY-MM-DD.")
+@click.option("--to", "last", default=None, help="Last UTC day, YYYY-MM-DD (default: today).")
+@click.option("--key", default=None, help="Admin keys: another key's id, or all.")
+@url_option
+@key_option
+def usage(first: str | None, last: str | None, key: str | None, url: str,
+          api_key: str | None) -> None:  # fmt: skip
+    """Requests, input tokens and cache hits by day and model (GET /api/v1/usage)."""
+    params = {k: v for k, v in {"from": first, "to": last, "key": key}.items() if v}
+    try:
+        body = Client(url, api_key).usage(params)
+    except ApiError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{'date':<10}  {'key':<12}  {'model':<28}  {'requests':>9}  "
+               f"{'input tokens':>12}  {'cache hits':>10}")  # fmt: skip
+    for row in [*body["data"], {"date": "total", "key": "", "model": "", **body["total"]}]:
+        click.echo(
+            f"{row['date']:<10}  {row['key']:<12}  {row['model']:<28}  {row['requests']:>9}  "
+            f"{row['input_tokens']:>12}  {row['cache_hits']:>10}"
+        )

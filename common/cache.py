@@ -1,11 +1,12 @@
 """The embedding cache: an in-process LRU in front of a shared Redis cache.
 
-Keys hash the model, its revision, the options that change the vector and the text, and
-carry two generation numbers (global and per model). Clearing bumps a generation: O(1),
-and TTLs reclaim the orphaned entries. Every clear also bumps one epoch counter, which the
-API reads in each request's first round trip (api/auth.py): a process reads generations
-again only when the epoch moved, so a clear reaches every process's next request, and a
-cache hit costs that one round trip and no other.
+Keys hash the model, its revision, the options that change the vector, the scope (the
+API key whose entries they are, with CACHE_SCOPE=key; '' when shared) and the text, and
+carry three generation numbers (global, per model, per scope). Clearing bumps a
+generation: O(1), and TTLs reclaim the orphaned entries. Every clear also bumps one epoch
+counter, which the API reads in each request's first round trip (api/auth.py): a process
+reads generations again only when the epoch moved, so a clear reaches every process's next
+request, and a cache hit costs that one round trip and no other.
 """
 
 from __future__ import annotations
@@ -37,12 +38,17 @@ return values
 """
 
 
+Generations = tuple[int, int, int]
+"""Global, model, scope."""
+
+
 def entry_keys(
-    spec: ModelSpec, options: EmbedOptions, texts: Sequence[str], generations: tuple[int, int]
-) -> list[str]:
+    spec: ModelSpec, options: EmbedOptions, texts: Sequence[str], generations: Generations,
+    scope: str = "",
+) -> list[str]:  # fmt: skip
     identity = f"{spec.name}\0{spec.revision}\0{spec.dimensions}\0{options.model_dump_json()}"
-    prefix = (identity + "\0").encode()
-    stem = keys.cache_entry_prefix(*generations)
+    prefix = (f"{identity}\0{scope}\0" if scope else identity + "\0").encode()
+    stem = keys.cache_entry_prefix(generations)
     return [stem + hashlib.blake2b(prefix + t.encode(), digest_size=16).hexdigest() for t in texts]
 
 
@@ -54,19 +60,22 @@ class EmbeddingCache:
         self._lock = threading.Lock()
         self._lookup = client.register_script(_LOOKUP)
         self._unsent_hits = 0
-        # model -> (the epoch they were read at, its generations); bounded, for `ollama/*`.
-        self._generations: LRU[str, tuple[int, tuple[int, int]]] = LRU(1024)
+        # (model, scope) -> (the epoch they were read at, their generations); bounded.
+        self._generations: LRU[tuple[str, str], tuple[int, Generations]] = LRU(4096)
 
-    def generations(self, model: str, epoch: int | None = None) -> tuple[int, int]:
-        """The global and the model's generation. `epoch`: the clear counter as the caller
-        read it (read_epoch_in); generations read at that epoch are not read again."""
-        known = self._generations.get(model)
+    def generations(self, model: str, epoch: int | None = None, scope: str = "") -> Generations:
+        """The global, the model's and the scope's generation (0 for the shared scope '').
+        `epoch`: the clear counter as the caller read it (read_epoch_in); generations read
+        at that epoch are not read again."""
+        known = self._generations.get((model, scope))
         if epoch is not None and known is not None and known[0] == epoch:
             return known[1]
         names = [keys.CACHE_EPOCH, keys.CACHE_GENERATION, keys.cache_model_generation(model)]
+        if scope:
+            names.append(keys.cache_scope_generation(scope))
         read_at, *found = (int(value or 0) for value in self.redis.mget(names))
-        generations = (found[0], found[1])
-        self._generations.put(model, (read_at, generations))
+        generations = (found[0], found[1], found[2] if scope else 0)
+        self._generations.put((model, scope), (read_at, generations))
         return generations
 
     def read_epoch_in(self, pipe: redis.client.Pipeline) -> None:
@@ -85,8 +94,10 @@ class EmbeddingCache:
         options: EmbedOptions,
         texts: Sequence[str],
         epoch: int | None = None,
+        scope: str = "",
     ) -> list[str]:
-        return entry_keys(spec, options, texts, self.generations(spec.name, epoch))
+        generations = self.generations(spec.name, epoch, scope)
+        return entry_keys(spec, options, texts, generations, scope)
 
     def get_many(self, entry_keys: list[str], count: bool = True) -> list[bytes | None]:
         """Packed vectors per key (None where missing): the LRU first, then one Redis call.
@@ -146,20 +157,24 @@ class EmbeddingCache:
                 pipe.set(key, np.ascontiguousarray(row, dtype="<f4").tobytes(), ex=ttl_seconds)
             pipe.execute()
 
-    def clear(self, model: str | None = None) -> int:
-        """Invalidate every entry (or one model's); returns the new generation.
+    def clear(self, model: str | None = None, scope: str | None = None) -> int:
+        """Invalidate every entry, one model's or one scope's (an API key's); returns the
+        new generation. A scope's clear leaves this process's LRU to the others' entries.
 
         The epoch starts at a random number, so a Redis that lost its data (restarted
         without persistence) never counts back to an epoch some process still remembers
         with the generations of before.
         """
-        key = keys.cache_model_generation(model) if model else keys.CACHE_GENERATION
+        if scope:
+            key = keys.cache_scope_generation(scope)
+        else:
+            key = keys.cache_model_generation(model) if model else keys.CACHE_GENERATION
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
             pipe.set(keys.CACHE_EPOCH, secrets.randbits(48), nx=True)
             pipe.incr(keys.CACHE_EPOCH)
             generation = int(pipe.execute()[0])
-        if self._local is not None:
+        if self._local is not None and not scope:
             self._local.clear()
         return generation
 

@@ -31,6 +31,12 @@ class Unauthorized(ServiceError):
     type = "authentication_error"
 
 
+class Forbidden(ServiceError):
+    """A valid key that may not do this: an admin route, or a model outside its list."""
+
+    type = "permission_error"
+
+
 class TooManyRequests(ServiceError):
     """Over the caller's rate limit, or this API instance is at its concurrency limit."""
 
@@ -83,6 +89,13 @@ class InsufficientStorage(Unavailable):
     """Redis is too full to take new work: refused now rather than lost later."""
 
     type = "insufficient_storage"
+
+
+class WorkerLost(Unavailable):
+    """A job's message was lost with the worker that took it (common/ledger.py): send it
+    again. Only ever a failed job's type."""
+
+    type = "worker_lost"
 
 
 class ProviderError(ServiceError):
@@ -140,6 +153,13 @@ class Timeout(ServiceError):
     def __init__(self, message: str, job_id: str) -> None:
         super().__init__(message)
         self.job_id = job_id
+
+
+class DeadlineExceeded(Timeout):
+    """The client's X-Request-Timeout passed before a worker took the job, which it then
+    dropped. Only ever a failed job's type."""
+
+    type = "deadline_exceeded"
 
 
 class JobFailed(ServiceError):

@@ -12,6 +12,10 @@ reading the upload.
 Each attempt at a batch claims it when it starts (`begin`); only the attempt holding the
 claim may store or fail it, so a worker that was stopped (SIGSTOP, a partition), given
 up for lost and resumed later cannot overwrite the attempt that replaced it.
+
+A cancel settles: no batch starts after it, and the job is `cancelling` while a batch
+that had started still holds its claim, then `cancelled`, when its counts and results no
+longer change (a redelivered batch of a cancelling job gives its claim up unrun).
 """
 
 from __future__ import annotations
@@ -28,11 +32,16 @@ from common.jobs import JobStatus, new_job_id
 
 PARTS = ("plan", "vectors", "batch_failed", "failed", "metadata", "claims")
 
-# Finishes the job when nothing is left. Returns {status, 1 if this call finished it}.
+# Finishes the job when nothing is left, and a cancelling job when no batch holds a claim.
+# Returns {status, 1 if this call finished it (a cancel: 0)}.
 _SETTLE = """
-local function settle(job, now)
+local function settle(job, claims, now)
   local f = redis.call('HMGET', job, 'status', 'submitting', 'chunks_total',
                        'chunks_done', 'chunks_failed')
+  if f[1] == 'cancelling' and redis.call('HLEN', claims) == 0 then
+    redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now)
+    return {'cancelled', 0}
+  end
   if (f[1] ~= 'queued' and f[1] ~= 'running') or f[2] == '1' then return {f[1], 0} end
   local total, done, failed = tonumber(f[3] or 0), tonumber(f[4] or 0), tonumber(f[5] or 0)
   if done + failed < total then return {f[1], 0} end
@@ -53,9 +62,12 @@ _STORE = (
     _SETTLE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'status') == 'cancelled' then return {'cancelled', 0} end
 if not claimed(KEYS[4], ARGV[1], ARGV[6]) then return {'stale', 0} end
 redis.call('HDEL', KEYS[4], ARGV[1])
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return settle(KEYS[1], ARGV[5]) end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  return settle(KEYS[1], KEYS[4], ARGV[5])
+end
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then
   redis.call('HINCRBY', KEYS[1], 'chunks_done', ARGV[3])
   redis.call('HINCRBY', KEYS[1], 'docs_done', ARGV[4])
@@ -64,7 +76,7 @@ else
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 end
 if ARGV[7] == '1' then redis.call('HDEL', KEYS[5], ARGV[1]) end
-return settle(KEYS[1], ARGV[5])
+return settle(KEYS[1], KEYS[4], ARGV[5])
 """
 )
 
@@ -74,6 +86,7 @@ _FAIL = (
     _SETTLE
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HGET', KEYS[1], 'status') == 'cancelled' then return {'cancelled', 0} end
 if not claimed(KEYS[5], ARGV[1], ARGV[5]) then return {'stale', 0} end
 redis.call('HDEL', KEYS[5], ARGV[1])
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
@@ -85,31 +98,43 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 0
   redis.call('PEXPIRE', KEYS[3], ttl)
   redis.call('PEXPIRE', KEYS[4], ttl)
 end
-return settle(KEYS[1], ARGV[4])
+return settle(KEYS[1], KEYS[5], ARGV[4])
 """
 )
 
-# KEYS: job. ARGV: now. Marks the upload as fully read, then settles.
+# KEYS: job, claims. ARGV: now. Marks the upload as fully read, then settles.
 _SUBMITTED = (
     _SETTLE
     + """
 redis.call('HSET', KEYS[1], 'submitting', '0')
-return settle(KEYS[1], ARGV[1])
+return settle(KEYS[1], KEYS[2], ARGV[1])
 """
 )
 
-# KEYS: job. ARGV: now. Any active -> cancelled.
-_CANCEL = """
+# KEYS: job, claims. ARGV: now. Any active -> cancelling while a batch holds a claim (the
+# last one to end settles it), else cancelled.
+_CANCEL = (
+    _SETTLE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'cancelling')
+  settle(KEYS[1], KEYS[2], ARGV[1])
 end
 """
+)
 
 # KEYS: job, claims. ARGV: now, batch, attempt. queued -> running (first batch), and the
-# attempt claims the batch. Returns the status.
-_BEGIN = """
+# attempt claims the batch; a cancelling job's batch (redelivered: its first attempt is
+# given up) drops its claim instead. Returns the status.
+_BEGIN = (
+    _SETTLE
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'cancelling' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  return settle(KEYS[1], KEYS[2], ARGV[1])[1]
+end
 if status ~= 'queued' and status ~= 'running' then return status end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
@@ -118,6 +143,7 @@ redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 return 'running'
 """
+)
 
 
 @dataclass(frozen=True)
@@ -209,8 +235,10 @@ class IndexJobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.index_job(job_id), mapping=mapping)
             pipe.expire(keys.index_job(job_id), self.ttl)
-            pipe.zadd(keys.index_jobs_of(owner), {job_id: now})
-            pipe.expire(keys.index_jobs_of(owner), self.ttl)
+            for listed in (owner, keys.ALL_OWNERS):
+                pipe.zadd(keys.index_jobs_of(listed), {job_id: now})
+                pipe.expire(keys.index_jobs_of(listed), self.ttl)
+            pipe.zremrangebyscore(keys.index_jobs_of(keys.ALL_OWNERS), "-inf", now - self.ttl)
             pipe.execute()
         return job_id
 
@@ -242,7 +270,9 @@ class IndexJobStore:
             pipe.execute()
 
     def submitted(self, job_id: str) -> Settled:
-        return Settled.of(self._submitted(keys=[keys.index_job(job_id)], args=[repr(time.time())]))
+        return Settled.of(self._submitted(
+            keys=[keys.index_job(job_id), self._part(job_id, "claims")], args=[repr(time.time())]
+        ))  # fmt: skip
 
     def discard(self, job_id: str, owner: str) -> None:
         """Remove a job whose upload was refused."""
@@ -253,7 +283,8 @@ class IndexJobStore:
 
     def begin(self, job_id: str, batch: int, attempt: str) -> JobStatus | None:
         """queued -> running, and `attempt` claims the batch; returns the status now (None
-        if the job is gone). Only the attempt holding the claim may store or fail it."""
+        if the job is gone): the batch runs only if it is `running`. Only the attempt
+        holding the claim may store or fail it."""
         status = self._begin(
             keys=[keys.index_job(job_id), self._part(job_id, "claims")],
             args=[repr(time.time()), batch, attempt],
@@ -303,7 +334,10 @@ class IndexJobStore:
         return IndexJob.from_hash(job_id, raw)
 
     def cancel(self, job_id: str) -> None:
-        self._cancel(keys=[keys.index_job(job_id)], args=[repr(time.time())])
+        """No batch starts from now on; `cancelling` until the started ones end."""
+        self._cancel(
+            keys=[keys.index_job(job_id), self._part(job_id, "claims")], args=[repr(time.time())]
+        )
 
     def plan(self, job_id: str, batch: int) -> list[list[object]]:
         raw = self.redis.hget(self._part(job_id, "plan"), str(batch))
@@ -352,7 +386,8 @@ class IndexJobStore:
         return [{"id": k.decode(), "reason": v.decode()} for k, v in list(items.items())[:limit]]
 
     def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
-        """An owner's jobs, newest first, starting after the (created_at, id) cursor."""
+        """An owner's jobs (keys.ALL_OWNERS: everyone's), newest first, starting after the
+        (created_at, id) cursor."""
         key = keys.index_jobs_of(owner)
         top = f"{after[0]!r}" if after else "+inf"
         rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50,

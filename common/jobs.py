@@ -3,6 +3,11 @@
 A job is created queued by the API, moved to running and then to succeeded or failed by a
 worker, or to cancelled by the client. Terminal states never change again, so a cancelled
 job stays cancelled even if a worker finishes its forward pass afterwards.
+
+Concurrent sync calls that the API gathered into one task (api/gathering.py) share one job:
+each call is a member, `<job id>.<n>`, that reads as a job of its own (its owner, its rows
+of the vectors, its tokens) and may be cancelled alone; the job is cancelled with its last
+active member.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -29,6 +34,8 @@ class JobStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    CANCELLING = "cancelling"
+    """Index jobs only: cancelled while some batches still run (common/index_jobs.py)."""
 
     @property
     def terminal(self) -> bool:
@@ -62,6 +69,25 @@ return 'ok'
 """
 
 
+MEMBER_SEP = "."
+
+
+@dataclass(frozen=True)
+class Member:
+    """One call's part of a shared job: rows start:end of its vectors."""
+
+    owner: str
+    start: int
+    end: int
+    prompt_tokens: int
+    encoding_format: str
+
+
+def member_ids(job_id: str, count: int) -> list[str]:
+    """The ids the members of a job of `count` members answer to (a lone one: the job's)."""
+    return [job_id] if count == 1 else [f"{job_id}{MEMBER_SEP}{i}" for i in range(count)]
+
+
 def new_job_id() -> str:
     """128 random bits, URL-safe: unguessable."""
     return "job_" + secrets.token_urlsafe(16)
@@ -81,6 +107,8 @@ class Job:
     dimensions: int | None
     prompt_tokens: int
     error: dict[str, str] | None
+    rows: tuple[int, int] | None = None
+    """A member's rows of its shared job's vectors."""
 
 
 def _float(raw: bytes | None) -> float | None:
@@ -100,8 +128,9 @@ class JobStore:
 
     def create(
         self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object],
-        owner: str,
+        owner: str, members: list[Member] | None = None,
     ) -> str:  # fmt: skip
+        """A queued job; with `members` (more than one), a shared one whose owner is none."""
         job_id = new_job_id()
         mapping = {
             "status": JobStatus.QUEUED.value,
@@ -113,6 +142,9 @@ class JobStore:
             "options": json.dumps(options),
             "created_at": repr(time.time()),
         }
+        if members and len(members) > 1:
+            mapping["members"] = json.dumps([astuple(m) for m in members])
+            mapping["owner"] = ""
         with self.redis.pipeline() as pipe:
             pipe.hset(keys.job(job_id), mapping=mapping)
             pipe.expire(keys.job(job_id), self.ttl)
@@ -122,11 +154,14 @@ class JobStore:
         return job_id
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
-        """The job; JobNotFound when unknown, expired, or (with `owner`) someone else's."""
-        raw = dict(zip(self._FIELDS, self.redis.hmget(keys.job(job_id), self._FIELDS), strict=True))
-        if raw["status"] is None or (owner is not None and raw["owner"] != owner.encode()):
+        """The job (or member); JobNotFound when unknown, expired, or (with `owner`) someone
+        else's."""
+        shared_id, _, index = job_id.partition(MEMBER_SEP)
+        fields = (*self._FIELDS, "members", f"cancelled:{index}")
+        raw = dict(zip(fields, self.redis.hmget(keys.job(shared_id), fields), strict=True))
+        if raw["status"] is None:
             raise JobNotFound(job_id)
-        return Job(
+        job = Job(
             id=job_id,
             status=JobStatus(raw["status"].decode()),
             model=raw["model"].decode(),
@@ -140,12 +175,31 @@ class JobStore:
             prompt_tokens=int(raw["prompt_tokens"]),
             error=json.loads(raw["error"]) if raw["error"] else None,
         )
+        job_owner = raw["owner"]
+        if index:
+            members = json.loads(raw["members"] or "[]")
+            if not index.isdigit() or int(index) >= len(members):
+                raise JobNotFound(job_id)
+            member = Member(*members[int(index)])
+            job_owner = member.owner.encode()
+            job = replace(
+                job,
+                status=JobStatus.CANCELLED if raw[f"cancelled:{index}"] else job.status,
+                count=member.end - member.start,
+                prompt_tokens=member.prompt_tokens,
+                options=job.options | {"encoding_format": member.encoding_format},
+                rows=(member.start, member.end),
+            )
+        if owner is not None and job_owner != owner.encode():
+            raise JobNotFound(job_id)
+        return job
 
     def vectors(self, job: Job) -> np.ndarray:
-        data = self.redis.hget(keys.job(job.id), "vectors")
+        data = self.redis.hget(keys.job(job.id.partition(MEMBER_SEP)[0]), "vectors")
         if data is None or job.dimensions is None:
             raise JobNotFound(job.id)
-        return vectors.unpack(data, job.dimensions)
+        matrix = vectors.unpack(data, job.dimensions)
+        return matrix if job.rows is None else matrix[job.rows[0] : job.rows[1]]
 
     def _move(
         self,
@@ -182,8 +236,23 @@ class JobStore:
         )
 
     def cancel(self, job_id: str) -> bool:
-        """True if the job was active and is now cancelled."""
-        return self._move(job_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time()))
+        """True if the job (or member) was active and is now cancelled. A shared job is
+        cancelled with its last active member; until then its work goes on for the others."""
+        shared_id, _, index = job_id.partition(MEMBER_SEP)
+        if not index:
+            return self._move(
+                job_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time())
+            )
+        job = self.get(job_id)
+        if job.status not in ACTIVE or not self.redis.hsetnx(
+            keys.job(shared_id), f"cancelled:{index}", 1
+        ):
+            return False
+        total = len(json.loads(self.redis.hget(keys.job(shared_id), "members") or "[]"))
+        flags = self.redis.hmget(keys.job(shared_id), [f"cancelled:{i}" for i in range(total)])
+        if all(flags):
+            self._move(shared_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time()))
+        return True
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """Block until the job ends or `timeout` passes; return its latest state."""

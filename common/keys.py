@@ -42,9 +42,16 @@ def cache_model_generation(model: str) -> str:
     return f"{PREFIX}:cache:gen:{model}"
 
 
-def cache_entry_prefix(global_generation: int, model_generation: int) -> str:
-    """String: packed float32 vector, with CACHE_TTL_SECONDS."""
-    return f"{PREFIX}:cache:{global_generation}.{model_generation}:"
+def cache_scope_generation(scope: str) -> str:
+    """Integer bumped by DELETE /api/v1/cache from a client key (or ?key=): that key's
+    entries (CACHE_SCOPE=key)."""
+    return f"{PREFIX}:cache:gen:scope:{scope}"
+
+
+def cache_entry_prefix(generations: tuple[int, int, int]) -> str:
+    """String: packed float32 vector, with CACHE_TTL_SECONDS. The generations: global,
+    model, scope."""
+    return f"{PREFIX}:cache:{'.'.join(map(str, generations))}:"
 
 
 def batch_stats(model: str) -> str:
@@ -87,8 +94,12 @@ def index_job_part(job_id: str, part: str) -> str:
 
 
 def index_jobs_of(owner: str) -> str:
-    """Sorted set: an owner's index job ids by creation time."""
+    """Sorted set: an owner's index job ids by creation time (ALL_OWNERS: everyone's)."""
     return f"{PREFIX}:ix-owner:{owner}"
+
+
+ALL_OWNERS = "*"
+"""index_jobs_of(ALL_OWNERS): every owner's index jobs, for admin keys; never a key id."""
 
 
 def openai_file(file_id: str) -> str:
@@ -111,8 +122,43 @@ def openai_batches_of(owner: str) -> str:
     return f"{PREFIX}:oa:batches:{owner}"
 
 
+def held(bucket: str, part: str) -> str:
+    """Bytes held in Redis (common/storage.py) by a bucket (`queued`, `owner:<id>`): part
+    `bytes`, hash item -> bytes; `until`, sorted set item -> expiry; `total`, integer."""
+    return f"{PREFIX}:held:{bucket}:{part}"
+
+
 API_KEYS = f"{PREFIX}:apikeys"
-"""Hash: key id -> JSON {id, name, created_at, hash} (the SHA-256 of the secret)."""
+"""Hash: key id -> JSON {id, name, created_at, role, hash (the SHA-256 of the secret),
+and the key's optional limits (common/api_keys.KeyLimits)}."""
+
+AUTH_ON = f"{PREFIX}:auth:on"
+"""String: set when the first key is made and never removed (revoking keys leaves auth on)."""
+
+
+def auth_failures(address: str) -> str:
+    """Integer with a one-minute TTL: refused keys from a client address."""
+    return f"{PREFIX}:authfail:{address}"
+
+
+def usage_day(owner: str, day: str) -> str:
+    """Hash: a key's usage on a UTC day (YYYY-MM-DD): requests, tokens, hits, and the same
+    per model as r:<model>, t:<model>, h:<model>. Expires after common/usage.KEEP_DAYS."""
+    return f"{PREFIX}:usage:{owner}:d:{day}"
+
+
+def usage_month(owner: str, month: str) -> str:
+    """Integer: a key's input tokens in a UTC month (YYYY-MM), for its monthly quota."""
+    return f"{PREFIX}:usage:{owner}:m:{month}"
+
+
+def usage_minute(owner: str, minute: int) -> str:
+    """Integer (two-minute TTL): a key's input tokens in one minute (unix time // 60)."""
+    return f"{PREFIX}:usage:{owner}:min:{minute}"
+
+
+USAGE_OWNERS = f"{PREFIX}:usage:owners"
+"""Set: every owner (key id, or `public`) with usage recorded."""
 
 
 def rate_bucket(caller: str) -> str:

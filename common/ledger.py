@@ -22,12 +22,13 @@ import redis
 from pydantic import BaseModel
 
 from common import keys
+from common.errors import WorkerLost
 
 SWEEP_SECONDS = 30.0
 """Longest time between two sweeps (shorter when the visibility timeout is short)."""
 SWEEP_BATCH = 200
 QUEUE_PAGE = 500
-LOST_REASON = "worker_lost"
+LOST_REASON = WorkerLost.type
 LOST_MESSAGE = (
     "the worker that took this task's message died before the task started (kombu's "
     "Redis transport loses such a message); send it again"

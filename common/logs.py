@@ -1,4 +1,6 @@
-"""Structured logs: one JSON object per line, for the API, gunicorn and the Celery workers.
+"""Structured logs: one JSON object per line, for the API, gunicorn and the Celery workers;
+or, with LOG_FORMAT=console (the default when stderr is a terminal), the same fields as
+one readable line.
 
 Every line has timestamp, level, event, logger, service, request_id, job_id and model
 (null when unknown). The ids come from a context variable: the API binds them per
@@ -26,6 +28,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+import orjson
 from pythonjsonlogger.orjson import OrjsonFormatter
 
 FIELDS = ("request_id", "job_id", "model")
@@ -175,39 +178,96 @@ class JsonLineFormatter(OrjsonFormatter):
         log_data.update(message_dict)
 
 
-class JsonLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class ConsoleLineFormatter(JsonLineFormatter):
+    """The JSON lines' fields as one readable line, for a person at a terminal:
+    `14:03:07.412 api    INFO     api.access: POST /api/v1/embeddings 200  model=m`
+    (local time; null fields left out), then a traceback, if any, on the lines after."""
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        log_data["timestamp"] = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+
+    def serialize_log_record(self, log_data: dict[str, Any]) -> str:
+        data = dict(log_data)
+        head = (
+            f"{data.pop('timestamp')} {data.pop('service'):<6} {data.pop('level').upper():<8} "
+            f"{data.pop('logger')}: {data.pop('event')}"
+        )
+        tails = [str(data.pop(name)) for name in ("exc_info", "stack_info") if data.get(name)]
+        pairs = [f"{k}={_shown(v)}" for k, v in data.items() if v is not None]
+        return "\n".join([f"{head}  {' '.join(pairs)}" if pairs else head, *tails])
+
+
+def _shown(value: object) -> str:
+    """A value of a key=value pair: bare if it is a plain word, else as JSON."""
+    if isinstance(value, str) and value and not any(c.isspace() or c in '"=' for c in value):
+        return value
+    return orjson.dumps(value, default=str).decode()
+
+
+FORMATS: dict[str, type[JsonLineFormatter]] = {
+    "json": JsonLineFormatter,
+    "console": ConsoleLineFormatter,
+}
+
+
+def resolve_format(log_format: str | None, stream: Any = None) -> str:
+    """LOG_FORMAT, or when unset: console if the stream (stderr) is a terminal, else json
+    (containers, files, pipes)."""
+    if log_format:
+        return log_format
+    isatty = getattr(stream or sys.stderr, "isatty", None)
+    return "console" if isatty is not None and isatty() else "json"
+
+
+class LinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our handler on the root logger; configure() replaces it instead of adding another."""
 
 
-def json_handler(service: str = "embeddings", stream: Any = None) -> logging.Handler:
-    handler = JsonLinesHandler(stream or sys.stderr)
-    handler.setFormatter(JsonLineFormatter(service))
+def line_handler(
+    service: str = "embeddings", stream: Any = None, log_format: str | None = "json"
+) -> logging.Handler:
+    """Our handler: JSON lines, or with log_format `console` (or None on a terminal),
+    readable ones."""
+    handler = LinesHandler(stream or sys.stderr)
+    handler.setFormatter(FORMATS[resolve_format(log_format, handler.stream)](service))
     return handler
 
 
-def configure(log_level: str = "info", rust_log: str | None = None, service: str = "api") -> None:
-    """Send every log record of this process to stderr as JSON lines (idempotent)."""
+def configure(
+    log_level: str = "info",
+    rust_log: str | None = None,
+    service: str = "api",
+    log_format: str | None = "json",
+) -> None:
+    """Send every log record of this process to stderr as lines of `log_format`
+    (LOG_FORMAT; None: resolve_format decides) (idempotent)."""
     root_level, targets = levels(log_level, rust_log)
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if isinstance(handler, JsonLinesHandler):
+        if isinstance(handler, LinesHandler):
             root.removeHandler(handler)
-    root.addHandler(json_handler(service))
+    root.addHandler(line_handler(service, log_format=log_format))
     root.setLevel(root_level)
     for name, level in targets.items():
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(True)
 
 
-def gunicorn_config(log_level: str, rust_log: str | None = None) -> dict[str, object]:
-    """A dictConfig for gunicorn's `logconfig_dict`: its own loggers as JSON lines too."""
+def gunicorn_config(
+    log_level: str, rust_log: str | None = None, log_format: str | None = "json"
+) -> dict[str, object]:
+    """A dictConfig for gunicorn's `logconfig_dict`: its own loggers as our lines too."""
     root_level, targets = levels(log_level, rust_log)
     name = logging.getLevelName(root_level)
     access = "INFO" if root_level <= logging.DEBUG else "WARNING"
+    handler = {"()": "common.logs.line_handler", "service": "api", "log_format": log_format}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "root": {"level": name, "handlers": ["json"]},
+        "root": {"level": name, "handlers": ["lines"]},
         "loggers": {
             "gunicorn.error": {"level": name, "handlers": [], "propagate": True},
             # Each request's line is api.access's (request id, route, model): gunicorn's
@@ -215,6 +275,6 @@ def gunicorn_config(log_level: str, rust_log: str | None = None) -> dict[str, ob
             "gunicorn.access": {"level": access, "handlers": [], "propagate": True},
             **{logger: {"level": logging.getLevelName(level)} for logger, level in targets.items()},
         },
-        "handlers": {"json": {"()": "common.logs.json_handler", "service": "api"}},
+        "handlers": {"lines": handler},
         "formatters": {},
     }

@@ -7,6 +7,7 @@ from enum import StrEnum
 from celery import Celery
 from kombu import Queue
 
+from common.redis_client import tls_options
 from common.settings import Settings
 
 
@@ -46,6 +47,8 @@ ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QueueName), *(bulk_lane(q) for
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.REDIS_URL,
+        # TLS for a rediss:// URL: kombu's connections, and Flower's broker page, take it.
+        "broker_use_ssl": tls_options(settings) or None,
         "broker_connection_retry_on_startup": True,
         # Visibility timeout: a message taken by a worker that died unacked is redelivered
         # after this long. It must exceed the longest task.

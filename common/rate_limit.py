@@ -1,7 +1,8 @@
 """A token bucket per caller in Redis, so one limit holds across every API process.
 
 The bucket holds up to `burst` requests and refills at `per_minute / 60` a second; a
-request takes one token or is refused with the time until one is back.
+request takes one token or is refused with the time until one is back. FailureWindow
+counts refused keys per client address.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import time
 from dataclasses import dataclass
 
 import redis
+
+from common import keys
 
 # KEYS: bucket hash. ARGV: now (s), refill per second, capacity, ttl (s).
 # Returns {allowed 0/1, tokens left (x1000), seconds until the next token (x1000)}.
@@ -71,3 +74,32 @@ class RateLimiter:
             retry_after=max(1, math.ceil(int(wait) / 1000)) if not allowed else 0,
             reset=math.ceil((self.burst - int(left) / 1000) / self.rate),
         )  # fmt: skip
+
+
+class FailureWindow:
+    """Refused keys per client address, in fixed one-minute windows: past `limit`, every
+    call from the address gets 429 (a valid key's too) until its window ends."""
+
+    SECONDS = 60
+
+    def __init__(self, client: redis.Redis, limit: int) -> None:
+        self.redis = client
+        self.limit = limit
+
+    def read_in(self, pipe: redis.client.Pipeline, address: str) -> None:
+        """Queue the reads that blocked() takes (two replies)."""
+        pipe.get(keys.auth_failures(address))
+        pipe.pttl(keys.auth_failures(address))
+
+    def blocked(self, count: bytes | None, ttl_ms: int) -> int | None:
+        """Seconds until the address may try again, or None if it may now."""
+        if int(count or 0) < self.limit:
+            return None
+        return max(1, math.ceil(ttl_ms / 1000)) if ttl_ms > 0 else self.SECONDS
+
+    def note(self, address: str) -> None:
+        """Count one refused key (the window starts with the first)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.auth_failures(address), 0, ex=self.SECONDS, nx=True)
+            pipe.incr(keys.auth_failures(address))
+            pipe.execute()

@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from common.api_keys import KeyLimits, Role
 from common.schemas import Document, IndexJobOptions
 
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "cancelling"]
 Timestamp = Annotated[str, Field(description="ISO 8601, UTC.")]
 
 
@@ -192,7 +193,7 @@ class ModelList(BaseModel):
 
 
 class CacheCleared(BaseModel):
-    cleared: Annotated[str, Field(description="A model name, or all.")]
+    cleared: Annotated[str, Field(description="all, a model name, or key:<id>.")]
     generation: int
     note: str
 
@@ -245,3 +246,48 @@ class Readiness(BaseModel):
     default_model: str | None = None
     queue: str | None = None
     workers: int | None = None
+
+
+class KeyInfo(KeyLimits):
+    """An API key as listings show it: never its secret nor its hash."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: Timestamp
+
+
+class KeyCreated(KeyInfo):
+    key: Annotated[str, Field(description="The key itself: shown this once, never again.")]
+
+
+class KeyList(BaseModel):
+    data: list[KeyInfo]
+
+
+class KeyRevoked(BaseModel):
+    id: str
+    revoked: bool
+
+
+class UsageFigures(BaseModel):
+    requests: int
+    input_tokens: int
+    cache_hits: Annotated[int, Field(description="Requests answered from the cache alone.")]
+
+
+class UsageRow(UsageFigures):
+    key: Annotated[str, Field(description="The key id (public: the open service's caller).")]
+    date: Annotated[str, Field(description="UTC day, YYYY-MM-DD.")]
+    model: str
+
+
+class UsageReport(BaseModel):
+    """GET /api/v1/usage."""
+
+    object: Literal["usage"]
+    from_: Annotated[str, Field(alias="from", description="First UTC day, YYYY-MM-DD.")]
+    to: Annotated[str, Field(description="Last UTC day, YYYY-MM-DD.")]
+    data: list[UsageRow]
+    by_model: dict[str, UsageFigures]
+    total: UsageFigures

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from common.errors import InvalidRequest
 from common.ledger import Entry
+from common.storage import Hold
 
 EncodingFormat = Literal["float", "base64"]
 MAX_METADATA_DEPTH = 64
@@ -42,6 +43,9 @@ class EmbedTask(BaseModel):
     )
     ledger: Entry | None = Field(
         default=None, description="Its note in common/ledger.py, removed when it starts."
+    )
+    hold: Hold | None = Field(
+        default=None, description="Its bytes held in common/storage.py, released when it starts."
     )
 
 

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     RUST_LOG: Annotated[
         str | None,
         Field(description="The guide's debug switch: debug, or embeddings=debug (common/logs)."),
+    ] = None
+    LOG_FORMAT: Annotated[
+        Literal["console", "json"] | None,
+        Field(description="Log lines: json, or console (readable); unset: console on a terminal."),
     ] = None
     WORKER_METRICS_PORT: Annotated[
         int, Field(ge=0, le=65535, description="A worker's Prometheus port (/metrics); 0: off.")
@@ -95,12 +99,24 @@ class Settings(BaseSettings):
     MAX_REQUEST_BYTES: Annotated[
         int, Field(ge=1024, description="Largest JSON body; past it: 413.")
     ] = 16 * 1024 * 1024
+    REQUEST_BODY_TIMEOUT_SECONDS: Annotated[
+        float, Field(gt=0, description="A request body's time to arrive (plus MIN_RATE); then 408.")
+    ] = 20.0
+    REQUEST_BODY_MIN_RATE: Annotated[
+        int, Field(ge=1, description="Bytes per second of body that earn it one more second.")
+    ] = 500
     MAX_INPUTS: Annotated[
         int, Field(ge=1, le=100_000, description="Most texts in one request.")
     ] = 2048
     MAX_UPLOAD_BYTES: Annotated[
         int, Field(ge=1024, description="Largest index-job upload (streamed, never in memory).")
     ] = 8 * 1024**3
+    MAX_DOCUMENT_BYTES: Annotated[
+        int, Field(ge=1024, description="Largest index-job document (its line); past it: 413.")
+    ] = 1024**2
+    MAX_FILE_BYTES: Annotated[
+        int, Field(ge=1024, description="Largest /v1/files upload (kept in Redis); past it: 413.")
+    ] = 100 * 1024**2
     SINKS_FILE: Annotated[
         Path | None, Field(description="TOML file naming index jobs' result sinks; unset: none.")
     ] = None
@@ -137,6 +153,15 @@ class Settings(BaseSettings):
     REDIS_URL: Annotated[
         str, Field(description="Redis; `dev.py up` starts an embedded one when unset.")
     ] = "redis://localhost:6379/0"
+    REDIS_TLS_CA_FILE: Annotated[
+        Path | None, Field(description="CA file that verifies a rediss:// server; unset: the OS's.")
+    ] = None
+    REDIS_TLS_CERT_FILE: Annotated[
+        Path | None, Field(description="Client certificate, for a rediss:// server that asks one.")
+    ] = None
+    REDIS_TLS_KEY_FILE: Annotated[
+        Path | None, Field(description="The client certificate's key, unless in its own file.")
+    ] = None
     CACHE_TTL_SECONDS: Annotated[int, Field(ge=1, description="Life of a cached vector.")] = 3600
     JOB_TTL_SECONDS: Annotated[
         int, Field(ge=60, description="Life of a job, its results, files and batches.")
@@ -149,8 +174,15 @@ class Settings(BaseSettings):
         Field(ge=2, description="A worker silent this long is lost; its messages go back."),
     ] = 20.0
     REDIS_MAX_FILL_RATIO: Annotated[
-        float, Field(gt=0, le=1, description="Past this share of maxmemory new jobs get 507.")
+        float, Field(gt=0, le=1, description="Past this share of maxmemory new work gets 507.")
     ] = 0.9
+    REDIS_MAXMEMORY: Annotated[
+        str,
+        Field(
+            pattern=r"^(\d+(b|kb|mb|gb)?|\d{1,2}%)$",
+            description="maxmemory of the launcher's Redis: bytes, 512mb, 2gb, or a % of RAM.",
+        ),
+    ] = "25%"
 
     # Rate limiting, authentication and backpressure
     RATE_LIMIT_REQUESTS_PER_MINUTE: Annotated[
@@ -158,22 +190,38 @@ class Settings(BaseSettings):
     ] = 1000
     RATE_LIMIT_BURST: Annotated[int, Field(ge=1, description="Size of the bucket.")] = 100
     AUTH_REQUIRED: Annotated[
-        bool, Field(description="Refuse calls without a key even while no key exists.")
-    ] = False
+        bool,
+        Field(description="false: open until the first key is made (local use); then never."),
+    ] = True
+    AUTH_FAILURES_PER_MINUTE: Annotated[
+        int,
+        Field(ge=1, description="Refused keys per minute from one address; then 429 for it."),
+    ] = 20
+    CACHE_SCOPE: Annotated[
+        Literal["key", "shared"],
+        Field(description="key: each API key its own cache entries; shared: one for all."),
+    ] = "key"
     MAX_QUEUE_DEPTH: Annotated[
         int, Field(ge=1, description="Messages waiting on a queue past which new work gets 503.")
     ] = 10_000
+    MAX_QUEUED_BYTES: Annotated[
+        int, Field(ge=1024, description="Bytes of tasks waiting on all queues; past it: 503.")
+    ] = 512 * 1024**2
+    STORAGE_BYTES_PER_KEY: Annotated[
+        int,
+        Field(ge=1024, description="Bytes one key may hold: its files and queued texts; 507."),
+    ] = 256 * 1024**2
 
     def sync_slots_per_process(self) -> int:
         """MAX_CONCURRENT_REQUESTS shared among the API's gunicorn worker processes."""
         return max(1, self.MAX_CONCURRENT_REQUESTS // self.WEB_CONCURRENCY)
 
-    @field_validator("LOG_LEVEL", mode="before")
+    @field_validator("LOG_LEVEL", "LOG_FORMAT", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    @field_validator("OLLAMA_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", mode="before")
+    @field_validator("OLLAMA_URL", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LOG_FORMAT", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `OLLAMA_URL=` in a compose file means "off", like leaving it out.
@@ -186,11 +234,37 @@ class Settings(BaseSettings):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
+    @field_validator("REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE")
+    @classmethod
+    def _redis_tls_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        if not str(info.data.get("REDIS_URL", "")).startswith("rediss://"):
+            raise ValueError("needs a rediss:// REDIS_URL (TLS)")
+        if info.field_name == "REDIS_TLS_KEY_FILE" and not info.data.get("REDIS_TLS_CERT_FILE"):
+            raise ValueError("needs REDIS_TLS_CERT_FILE too")
+        if not value.is_file():
+            raise ValueError("no such file")
+        return value
+
+
+def masked_url(url: str) -> str:
+    """`url` with its password replaced by ***, for anything shown or logged. The password
+    ends at the last '@' (unescaped ones in it happen): this may mask more, never less."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    userinfo, at, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user}:***@{host}" if at and colon else url
+
 
 def _one_line(error: ValidationError) -> str:
     first = error.errors()[0]
     name = ".".join(str(part) for part in first["loc"]) or "settings"
     value = first.get("input")
+    if name == "REDIS_URL" and isinstance(value, str):
+        value = masked_url(value)
     shown = "" if name == "OPENAI_API_KEY" or isinstance(value, dict) else f"={value!r}"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
     return f"invalid setting {name}{shown}: {first['msg']}{more}"

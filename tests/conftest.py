@@ -17,6 +17,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from cli.launcher import flower_command
 from cli.redis_server import RedisServer, free_port
 from common import presence
 from common.settings import Settings, load_settings
@@ -31,10 +32,15 @@ GENEROUS_LIMITS = {"RATE_LIMIT_REQUESTS_PER_MINUTE": "1000000", "RATE_LIMIT_BURS
 """Every in-process test client is 127.0.0.1: one rate-limit bucket for the whole suite.
 Tests of the limit itself use their own settings."""
 
+OPEN_MODE = {"AUTH_REQUIRED": "false"}
+"""The suite's services run in explicit open mode (auth on once a key is made on their
+Redis); tests of auth itself set AUTH_REQUIRED or make keys on a Redis of their own."""
+
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ, REDIS_URL=redis_url, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     env.update(GENEROUS_LIMITS)
+    env.update(OPEN_MODE)
     env.update(extra)
     return env
 
@@ -51,7 +57,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(redis_url: str) -> Settings:
-    return load_settings(REDIS_URL=redis_url, GPU_ENABLED=False, **GENEROUS_LIMITS)
+    return load_settings(REDIS_URL=redis_url, GPU_ENABLED=False, **GENEROUS_LIMITS, **OPEN_MODE)
 
 
 def start_worker(
@@ -74,8 +80,11 @@ def wait_for_worker(
     log_path: Path,
     name: str,
     timeout: float = 180,
+    client: redis.Redis | None = None,
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    """Until the worker `name` is online with its models; `client`: one for a Redis that
+    needs more than its URL (TLS)."""
+    client = client or redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -100,6 +109,14 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 def worker_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session worker's output (its JSON log lines)."""
     return tmp_path_factory.mktemp("worker") / "worker.log"
+
+
+def wait_logged(path: Path, needle: str, timeout: float = 30) -> None:
+    """Until a process's log file holds `needle`; fails after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while needle not in path.read_text():
+        assert time.monotonic() < deadline, f"{needle!r} not logged in {path}"
+        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -147,28 +164,53 @@ def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("api") / "api.log"
 
 
-@pytest.fixture(scope="session")
-def live_api(redis_url: str, worker: None, api_log: Path) -> Iterator[str]:
-    """The API under gunicorn, as deployed (two processes, so /metrics must sum them),
-    on a free port: its base URL."""
-    api_port = free_port()
-    log_path = api_log
-    env = service_env(redis_url, PORT=str(api_port), HOST="127.0.0.1", WEB_CONCURRENCY="2")
-    cmd = [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{api_port}"
+def _wait_http(url: str, process: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
+    """Until `url` answers 200; fails the test if `process` dies or 60 s pass."""
     deadline = time.monotonic() + 60
     while True:
         try:
-            if requests.get(f"{url}/health", timeout=5).status_code == 200:
-                break
+            if requests.get(url, timeout=5).status_code == 200:
+                return
         except requests.RequestException:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             stop(process)
-            pytest.fail(f"API did not start:\n{log_path.read_text()[-3000:]}")
+            pytest.fail(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.2)
+
+
+def start_api(redis_url: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """The API under gunicorn, as deployed (two processes), on a free port: the process
+    and its base URL, once /health answers 200."""
+    api_port = free_port()
+    env = service_env(redis_url, PORT=str(api_port), HOST="127.0.0.1", WEB_CONCURRENCY="2", **env)
+    cmd = [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{api_port}"
+    _wait_http(f"{url}/health", process, log_path, "API")
+    return process, url
+
+
+def start_flower(redis_url: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """Flower as the launcher starts it, on a free port: the process and its base URL,
+    once /healthcheck answers."""
+    port = free_port()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            flower_command(port), cwd=ROOT, env=service_env(redis_url, **env), stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    _wait_http(f"{url}/healthcheck", process, log_path, "Flower")
+    return process, url
+
+
+@pytest.fixture(scope="session")
+def live_api(redis_url: str, worker: None, api_log: Path) -> Iterator[str]:
+    """The API under gunicorn on a free port (two processes, so /metrics must sum them):
+    its base URL."""
+    process, url = start_api(redis_url, api_log)
     yield url
     stop(process)
 

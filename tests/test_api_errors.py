@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from flask.testing import FlaskClient
 
+from api.errors import status_of
+from common import errors
 from common.settings import Settings
 
 URL = "/api/v1/embeddings"
@@ -91,3 +93,25 @@ def test_unknown_route_and_wrong_method(bare_client: FlaskClient) -> None:
     response = bare_client.get(URL)
     assert_error(response, 405)
     assert "POST" in response.headers["Allow"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("worker_lost", 503),  # its message was lost with a worker: send it again
+        ("deadline_exceeded", 504),
+        ("invalid_request_error", 400),
+        ("model_not_found", 404),
+        ("provider_unavailable", 503),
+        ("upstream_error", 502),
+        ("upstream_timeout", 504),
+        ("sink_error", 503),
+        ("internal_error", 500),
+        ("never_heard_of", 500),
+    ],
+)
+def test_a_failed_jobs_type_answers_its_class_status(kind: str, status: int) -> None:
+    """A sync call whose job failed answers the status of the error class the worker
+    stored (api/errors.py reads the classes; no second table to forget one in)."""
+    error = errors.JobFailed("it failed", "job_x", kind)
+    assert status_of(error) == status

@@ -5,7 +5,6 @@ Screenshots are saved in the test's tmp dir."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,9 +14,8 @@ import pytest
 import redis
 import requests
 
-from cli.redis_server import free_port
 from common import presence
-from tests.conftest import ROOT, service_env, stop
+from tests.conftest import start_flower, stop
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -52,26 +50,10 @@ def saved_png(path: Path) -> None:
 @pytest.fixture
 def flower(redis_url: str, worker: None, tmp_path: Path) -> Iterator[str]:
     """Flower as deployed outside local development: behind basic auth from the environment."""
-    port = free_port()
-    log = (tmp_path / "flower.log").open("wb")
-    env = service_env(redis_url, FLOWER_BASIC_AUTH=f"{FLOWER_USER}:{FLOWER_PASSWORD}")
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-           f"--port={port}", "--address=127.0.0.1"]  # fmt: skip
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(f"{url}/healthcheck", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        assert process.poll() is None, (tmp_path / "flower.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "Flower did not start"
-        time.sleep(0.2)
+    auth = f"{FLOWER_USER}:{FLOWER_PASSWORD}"
+    process, url = start_flower(redis_url, tmp_path / "flower.log", FLOWER_BASIC_AUTH=auth)
     yield url
     stop(process)
-    log.close()
 
 
 def test_flower_shows_the_running_worker_behind_basic_auth(

@@ -311,6 +311,8 @@ def test_compose_services_and_no_obsolete_version_key() -> None:
     redis = base["services"]["redis"]
     assert redis["image"] == "redis:7-alpine"
     assert redis["command"][-2:] == ["--appendonly", "yes"]
+    assert "--maxmemory" in redis["command"]
+    assert redis["command"][redis["command"].index("--maxmemory-policy") + 1] == "noeviction"
     assert "redis_data:/data" in redis["volumes"]
     assert "ollama_data:/root/.ollama" in base["services"]["ollama"]["volumes"]
     assert "model_cache:/app/models" in base["services"]["worker-cpu"]["volumes"]
@@ -411,6 +413,8 @@ def test_k8s_expected_objects() -> None:
         "--appendonly",
         "yes",
     ]
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--maxmemory" in args and args[args.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis["spec"]["volumeClaimTemplates"]
     gpu = k8s_objects("Deployment")["embeddings-worker-gpu"]["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1

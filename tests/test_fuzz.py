@@ -48,6 +48,9 @@ CHECKS = [
     not_a_server_error, status_code_conformance, content_type_conformance,
     response_schema_conformance, response_headers_conformance,
 ]  # fmt: skip
+UNFUZZED = {"POST /api/v1/keys"}
+"""A key made on the session's Redis would turn auth on for every later test (it never
+turns off again); tests/test_tenants.py covers the route."""
 SHOWN_FAILURES = 3
 """Failures reported per operation and check (the first ones, with a curl to replay)."""
 
@@ -138,7 +141,8 @@ def test_documented_operations_hold_under_fuzzing(
 ) -> None:
     validate(fuzz_app.test_client().get("/openapi.json").get_json())  # a valid 3.1 document
     schema = schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
-    operations = [result.ok() for result in schema.get_all_operations()]
+    operations = [op for op in (result.ok() for result in schema.get_all_operations())
+                  if op.label not in UNFUZZED]  # fmt: skip
     assert len(operations) >= 10, [op.label for op in operations]
     tally = Tally()
     for operation in operations:

@@ -8,15 +8,18 @@ The table runs in-process against a real worker; the SDK checks run against guni
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import ollama
 import openai
 import orjson
+import psutil
 import pytest
 import redis
 import requests
@@ -27,7 +30,7 @@ from werkzeug.test import TestResponse
 from api.app import create_app
 from common import presence
 from common.settings import Settings, load_settings
-from tests.conftest import MODEL
+from tests.conftest import MODEL, wait_logged
 
 NATIVE, JOBS, OPENAI, OLLAMA, INDEX = (
     "/api/v1/embeddings", "/api/v1/jobs", "/v1/embeddings", "/api/embed", "/api/v1/index-jobs",
@@ -426,7 +429,9 @@ def long_texts(settings: Settings, count: int) -> list[str]:
     return texts
 
 
-def test_most_and_longest_inputs_async_then_cancelled(hc: FlaskClient, settings: Settings) -> None:
+def test_most_and_longest_inputs_async_then_cancelled(
+    hc: FlaskClient, settings: Settings, worker_log: Path
+) -> None:
     """MAX_INPUTS texts, each past the model's limit, in a body at the size limit: accepted
     at once as a job (counted and queued), and cancelled before the worker starts on it."""
     texts = long_texts(settings, settings.MAX_INPUTS)
@@ -438,7 +443,9 @@ def test_most_and_longest_inputs_async_then_cancelled(hc: FlaskClient, settings:
     assert cancelled["status"] == "cancelled"
     assert cancelled["count"] == settings.MAX_INPUTS
     assert cancelled["started_at"] is None, "the worker began the job before DELETE came"
-    time.sleep(1)  # the worker takes the message and drops it: it never runs
+    # The worker takes the message and drops it: it never runs.
+    job_id = accepted.get_json()["id"]
+    wait_logged(worker_log, f"job {job_id} is finished, cancelled or expired: skipped")
     assert call(hc, "GET", accepted.get_json()["status_url"]).get_json()["started_at"] is None
 
 
@@ -456,6 +463,78 @@ def test_one_overlong_input_among_the_most_is_named(hc: FlaskClient, settings: S
             assert response.get_json()["error"]["param"] == "input[1500]"
     too_many = orjson.dumps({"input": ["x"] * (settings.MAX_INPUTS + 1)})
     assert_error(NATIVE, post(hc, NATIVE, too_many, "application/json"), 400, "at most")
+
+
+# ---------------------------------------------------------------- giant inputs
+
+
+PROSE = "lorem ipsum dolor sit amet "
+
+
+def test_a_giant_string_is_cut_before_it_is_tokenized(hc: FlaskClient) -> None:
+    """3 MB in one text: cut at the model's character bound, so answered at once, with the
+    vector of its first 256 tokens; with truncate=false, refused naming input[0]."""
+    giant = PROSE * (3_000_000 // len(PROSE))
+    started = time.monotonic()
+    response = post(hc, NATIVE, orjson.dumps({"input": giant}), "application/json")
+    took = time.monotonic() - started
+    vector = answer_vectors(hc, NATIVE, response, 1)[0]
+    assert took < 3, f"{took:.1f}s: was it tokenized whole?"
+    head = post(hc, NATIVE, orjson.dumps({"input": PROSE * 100}), "application/json")
+    assert np.dot(vector, answer_vectors(hc, NATIVE, head, 1)[0]) > 0.9999
+    started = time.monotonic()
+    body = orjson.dumps({"input": ["fine", giant], "truncate": False})
+    message = assert_error(NATIVE, post(hc, NATIVE, body, "application/json"), 400, "input[1]")
+    assert "256" in message
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize("shape", ["ndjson", "multipart", "json"])
+def test_a_document_past_max_document_bytes_is_413_naming_it(hc: FlaskClient, shape: str) -> None:
+    limit = load_settings().MAX_DOCUMENT_BYTES
+    docs = [{"id": "ok", "text": "fine"}, {"id": "big", "text": "x" * (2 * limit)}]
+    lines = b"\n".join(orjson.dumps(d) for d in docs)
+    if shape == "ndjson":
+        response = post(hc, INDEX, lines, "application/x-ndjson")
+    elif shape == "multipart":
+        form = {"file": (io.BytesIO(lines), "docs.jsonl")}
+        response = call(hc, "POST", INDEX, data=form, content_type="multipart/form-data")
+    else:
+        response = post(hc, INDEX, orjson.dumps({"documents": docs}), "application/json")
+    where = "documents[1]" if shape == "json" else "line 2"
+    message = assert_error(INDEX, response, 413, where)
+    assert "MAX_DOCUMENT_BYTES" in message and str(limit) in message
+
+
+def _api_workers_rss() -> list[int]:
+    """RSS of the live API's gunicorn workers (this test's children)."""
+    procs = [p for p in psutil.Process().children(recursive=True)
+             if "api.wsgi:app" in " ".join(p.cmdline())]  # fmt: skip
+    masters = {p.pid for p in procs}
+    return [p.memory_info().rss for p in procs if p.ppid() in masters]
+
+
+def test_giant_inputs_leave_the_api_memory_flat(live_api: str) -> None:
+    """Through gunicorn with the default limits: a 10 MB string is answered in seconds and
+    a 20 MB NDJSON line is refused (413, naming it) after reading MAX_DOCUMENT_BYTES; the
+    API's workers grow by little (they grew by ~1 GB each before the bounds)."""
+    before = _api_workers_rss()
+    giant = PROSE * (10_000_000 // len(PROSE))
+    started = time.monotonic()
+    answer = requests.post(f"{live_api}{NATIVE}", json={"input": giant}, timeout=60)
+    took = time.monotonic() - started
+    assert answer.status_code == 200, answer.text[:300]
+    assert took < 6, f"{took:.1f}s"
+    line = b'{"id": "huge", "text": "' + b"x" * 20_000_000 + b'"}\n'
+    refused = requests.post(f"{live_api}{INDEX}", data=line, timeout=60,
+                            headers={"Content-Type": "application/x-ndjson"})  # fmt: skip
+    assert refused.status_code == 413, refused.text[:300]
+    assert "line 1" in refused.json()["error"]["message"]
+    after = _api_workers_rss()
+    growth = [(a - b) / 2**20 for a, b in zip(after, before, strict=True)]
+    print(f"API workers' RSS MiB before {[b // 2**20 for b in before]}, after "
+          f"{[a // 2**20 for a in after]}; 10 MB string answered in {took:.2f}s")  # fmt: skip
+    assert max(growth) < 250, growth
 
 
 # ---------------------------------------------------------------- with the official SDKs

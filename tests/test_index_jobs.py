@@ -8,11 +8,16 @@ import time
 import numpy as np
 import orjson
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from common.index_jobs import IndexJobStore
+from common.jobs import JobStatus
 from common.settings import Settings, load_settings
+from common.vectors import pack
+from tests.conftest import MODEL
 
 URL = "/api/v1/index-jobs"
 LONG = " ".join(f"token{i}" for i in range(700))
@@ -112,19 +117,19 @@ def test_bad_documents_are_named_and_refused_or_skipped(client: FlaskClient) -> 
 
 
 @pytest.mark.parametrize(
-    ("body", "param"),
+    ("body", "status", "param"),
     [
-        ({"documents": []}, "documents"),
-        ({"documents": DOCS, "model": "nope"}, "model"),
-        ({"documents": DOCS, "chunking": {"max_tokens": 4096}}, "chunking.max_tokens"),
-        ({"documents": DOCS, "chunking": {"max_tokens": 64, "overlap_tokens": 40}},
+        ({"documents": []}, 400, "documents"),
+        ({"documents": DOCS, "model": "nope"}, 404, "model"),
+        ({"documents": DOCS, "chunking": {"max_tokens": 4096}}, 400, "chunking.max_tokens"),
+        ({"documents": DOCS, "chunking": {"max_tokens": 64, "overlap_tokens": 40}}, 400,
          "chunking.overlap_tokens"),
-        ({"documents": DOCS, "on_error": "ignore"}, "on_error"),
+        ({"documents": DOCS, "on_error": "ignore"}, 400, "on_error"),
     ],
 )  # fmt: skip
-def test_invalid_job_options(bare_client: FlaskClient, body: dict, param: str) -> None:
+def test_invalid_job_options(bare_client: FlaskClient, body: dict, status: int, param: str) -> None:
     response = bare_client.post(URL, json=body)
-    assert response.status_code in (400, 404)
+    assert response.status_code == status
     assert response.get_json()["error"]["param"] == param
 
 
@@ -180,3 +185,66 @@ def test_sync_calls_are_answered_promptly_while_a_big_index_job_holds_the_queue(
     assert during["chunks"]["done"] < during["chunks"]["total"]
     assert sorted(seconds)[-2] < 1.5, seconds  # p95 of 15, loosely
     client.delete(job["status_url"])
+
+
+def test_a_cancel_settles_once_the_started_batches_end(redis_url: str) -> None:
+    """`cancelling` while a started batch runs, then `cancelled` with counts that match
+    the results; a batch that had not started when the cancel came never writes."""
+    store = IndexJobStore(redis.Redis.from_url(redis_url), 600)
+    job = store.create(MODEL, "cpu", "settle-test", 2, {})
+    for batch in range(4):
+        store.add_batch(job, batch, [[f"d{batch}", 0, 0, 1]], {})
+    store.submitted(job)
+    row = pack(np.ones((1, 2), np.float32))
+    assert store.begin(job, 0, "first") is JobStatus.RUNNING
+    assert store.begin(job, 1, "second") is JobStatus.RUNNING
+    assert store.begin(job, 2, "lost") is JobStatus.RUNNING  # its worker dies
+    store.store_batch(job, 0, row, 1, 1, "first")
+    store.cancel(job)
+    assert store.get(job).status is JobStatus.CANCELLING
+    assert store.begin(job, 3, "late") is JobStatus.CANCELLING  # not started: never runs
+    assert store.store_batch(job, 3, row, 1, 1, "late").status == "stale"
+    store.store_batch(job, 1, row, 1, 1, "second")
+    assert store.get(job).status is JobStatus.CANCELLING  # batch 2 still holds its claim
+    assert store.begin(job, 2, "redelivered") is JobStatus.CANCELLED  # gives it up, unrun
+    assert store.store_batch(job, 2, row, 1, 1, "lost").status == "cancelled"
+    settled = store.get(job)
+    assert settled.finished_at is not None
+    assert store.stored_batches(job) == [0, 1]
+    assert settled.counts["chunks_done"] == settled.counts["docs_done"] == 2
+
+
+def test_a_cancelled_job_results_are_marked_until_it_settles(
+    settings: Settings, worker: None
+) -> None:
+    """Through the API and a worker: the cancel answers `cancelling` or `cancelled`; a
+    download before it settles says it is incomplete (X-Results-Complete: false, with a
+    cursor); once `cancelled`, the counts equal the rows, and neither changes again."""
+    app = create_app(load_settings(**{**settings.model_dump(), "INDEX_BATCH_CHUNKS": 4}))
+    client = app.test_client()
+    docs = [{"id": f"c{i}", "text": f"cancel me {i} " + "lorem ipsum dolor sit amet " * 8}
+            for i in range(400)]  # fmt: skip
+    job = client.post(URL, json={"documents": docs}).get_json()
+    while client.get(job["status_url"]).get_json()["chunks"]["done"] == 0:
+        time.sleep(0.05)
+    assert client.delete(job["status_url"]).get_json()["status"] in ("cancelling", "cancelled")
+    deadline = time.monotonic() + 60
+    while True:
+        download = client.get(f"{URL}/{job['id']}/results")
+        status = download.headers["X-Job-Status"]
+        if status == "cancelled":
+            break
+        assert status == "cancelling"
+        assert download.headers["X-Results-Complete"] == "false"
+        assert "X-Next-Cursor" in download.headers
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert download.headers["X-Results-Complete"] == "true"
+    assert "X-Next-Cursor" not in download.headers
+    rows = [orjson.loads(line) for line in download.data.splitlines() if line]
+    final = client.get(job["status_url"]).get_json()
+    assert len(rows) == final["chunks"]["done"] < final["chunks"]["total"]
+    assert len({r["id"] for r in rows}) == final["documents"]["done"]
+    time.sleep(2)  # nothing lands after the settle
+    assert client.get(job["status_url"]).get_json()["chunks"] == final["chunks"]
+    assert len(results(client, job["id"])) == len(rows)

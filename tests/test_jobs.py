@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import redis
 from flask import Flask
@@ -12,6 +13,7 @@ from common import keys
 from common.queueing import EMBED_TASK, make_celery
 from common.schemas import EmbedOptions, EmbedTask
 from common.settings import Settings
+from tests.conftest import wait_logged
 
 
 def poll(client: FlaskClient, url: str, timeout: float = 60) -> dict:
@@ -51,7 +53,7 @@ def test_job_ids_are_unique_and_unguessable(client: FlaskClient) -> None:
 
 
 def test_cancel_a_queued_job_and_the_worker_skips_it(
-    held_app: Flask, settings: Settings, worker: None
+    held_app: Flask, settings: Settings, worker: None, worker_log: Path
 ) -> None:
     client = held_app.test_client()
     job_id = client.post("/api/v1/jobs", json={"input": "never embedded"}).get_json()["id"]
@@ -65,7 +67,7 @@ def test_cancel_a_queued_job_and_the_worker_skips_it(
         job_id=job_id, model="all-MiniLM-L6-v2", texts=["x"], tokens=[3], options=EmbedOptions()
     )
     make_celery(settings).send_task(EMBED_TASK, args=[late.model_dump()], queue="cpu")
-    time.sleep(2)
+    wait_logged(worker_log, f"job {job_id} is finished, cancelled or expired: skipped")
     job = client.get(f"/api/v1/jobs/{job_id}").get_json()
     assert job["status"] == "cancelled"
     assert "result" not in job

@@ -25,6 +25,7 @@ import requests
 from cli import locks, readiness
 from cli.launcher import Stack
 from cli.redis_server import DataDirInUse, RedisServer, free_port
+from cli.supervisor import Child, Supervisor
 from common.redis_client import connect
 from common.settings import load_settings
 from tests.conftest import ROOT
@@ -64,10 +65,12 @@ def up_args(flower_port: int, run_dir: Path) -> list[str]:
             "--run-dir", str(run_dir)]  # fmt: skip
 
 
-def launch(log: Path, run_dir: Path, api_port: int, flower_port: int) -> subprocess.Popen[bytes]:
+def launch(
+    log: Path, run_dir: Path, api_port: int, flower_port: int, **env: str
+) -> subprocess.Popen[bytes]:
     with log.open("w") as out:
         return subprocess.Popen(
-            up_args(flower_port, run_dir), cwd=ROOT, env=up_env(PORT=str(api_port)),
+            up_args(flower_port, run_dir), cwd=ROOT, env=up_env(PORT=str(api_port), **env),
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             # SIGINT ignored, as a script's `&` starts it: Ctrl-C must still stop everything.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
@@ -264,6 +267,70 @@ def test_two_redis_servers_never_share_a_data_dir(tmp_path: Path) -> None:
     second.stop()
 
 
+def child_pid(up: Up, marker: bytes) -> int:
+    """The pid of the launcher's descendant whose command line holds `marker`."""
+    return next(pid for pid in descendants(up.process.pid)
+                if marker in Path(f"/proc/{pid}/cmdline").read_bytes())  # fmt: skip
+
+
+def sync_call_succeeds(up: Up, timeout: float) -> None:
+    """A text no one has sent yet (so a worker embeds it) answers 200 within `timeout`."""
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            text = f"after a restart, at {time.time()}"
+            answer = requests.post(f"{up.api}/api/v1/embeddings", json={"input": text}, timeout=30)
+            if answer.status_code == 200:
+                return
+            last = f"{answer.status_code} {answer.text[:300]}"
+        except requests.RequestException as error:
+            last = repr(error)
+        time.sleep(1)
+    raise AssertionError(f"no sync call succeeded in {timeout}s: {last}")
+
+
+def test_a_killed_worker_then_a_killed_redis_are_started_again(up: Up) -> None:
+    """No one restarts anything by hand: the launcher does, and the API and the worker
+    reconnect to the Redis it started again on the same port and data directory."""
+    worker = child_pid(up, b"\0worker\0")
+    os.kill(worker, signal.SIGKILL)
+    wait_for("worker-cpu killed by SIGKILL; starting it again in 1 s", up.log, up.process, 30)
+    sync_call_succeeds(up, 180)
+    assert child_pid(up, b"\0worker\0") != worker
+
+    server = child_pid(up, b"redis-server")
+    os.kill(server, signal.SIGKILL)
+    wait_for("redis killed by SIGKILL; starting it again in 1 s", up.log, up.process, 30)
+    sync_call_succeeds(up, 180)
+    assert child_pid(up, b"redis-server") != server  # and the API's REDIS_URL still holds
+    assert up.process.poll() is None
+    assert up.log.read_text().count("starting it again") == 2  # one line each
+
+
+def test_what_keeps_dying_is_started_again_ever_later(capsys: pytest.CaptureFixture[str]) -> None:
+    """The delay doubles while a process dies young, one line each time."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> None:
+        started.append(subprocess.Popen(["sh", "-c", "exit 3"]))
+
+    start()
+    supervisor = Supervisor([Child("quitter", lambda: started[-1].poll(), start)])
+    deadline = time.monotonic() + 5  # it dies at once: again after 1 s, 2 s, 4 s...
+    while time.monotonic() < deadline:
+        supervisor.check()
+        time.sleep(0.05)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "quitter exited with 3; starting it again in 1 s",
+        "quitter exited with 3; starting it again in 2 s",
+        "quitter exited with 3; starting it again in 4 s",
+    ]
+    assert len(started) == 3
+    for process in started:
+        process.wait()
+
+
 def test_up_runs_redis_api_worker_and_flower_and_stops_on_ctrl_c(up: Up) -> None:
     """Last: it stops the module's stack."""
     process, api_port, flower_port = up.process, up.api_port, up.flower_port
@@ -286,7 +353,10 @@ def test_up_runs_redis_api_worker_and_flower_and_stops_on_ctrl_c(up: Up) -> None
     assert process.returncode == 0
     output = up.log.read_text()
     assert "stopping" in output
-    assert "Traceback" not in output
+    # Not while starting, nor while stopping. (In between, a test above killed Redis, and
+    # Celery logs its consumer's lost connection with tracebacks.)
+    assert "Traceback" not in output[: output.index("ready.")]
+    assert "Traceback" not in output[output.index("stopping") :]
     assert "Connection in use" not in output
     assert [pid for pid in started if Path(f"/proc/{pid}").exists()] == []
     for port in (api_port, flower_port):

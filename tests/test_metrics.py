@@ -159,6 +159,21 @@ def test_in_process_app_uses_the_default_registry(bare_client: FlaskClient) -> N
     assert "embedding_queue_depth" in names(samples)
 
 
+def test_redis_memory_against_its_maxmemory(bare_client: FlaskClient, redis_url: str) -> None:
+    """What the Redis-near-maxmemory alert reads: used_memory and maxmemory, from INFO."""
+    client = redis.Redis.from_url(redis_url)
+    before = client.config_get("maxmemory")["maxmemory"]
+    client.config_set("maxmemory", str(8 * 2**30))  # far above what the tests fill
+    try:
+        samples = parse(bare_client.get("/metrics").get_data(as_text=True))
+    finally:
+        client.config_set("maxmemory", before)
+    assert value(samples, "embedding_redis_memory_max_bytes") == 8 * 2**30
+    used = value(samples, "embedding_redis_memory_used_bytes")
+    assert 0 < used < 8 * 2**30
+    assert abs(used - client.info("memory")["used_memory"]) < 16 * 2**20
+
+
 class _FakeCuda:
     def __init__(self, initialised: bool) -> None:
         self.initialised = initialised

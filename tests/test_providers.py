@@ -15,6 +15,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from common.errors import ModelNotFound
@@ -375,6 +376,14 @@ def test_input_the_provider_rejects_is_a_400(api: FlaskClient, openai_stub: Open
     assert openai_stub.count("/v1/embeddings") == 1  # not retried
 
 
+def breakers_open(api: FlaskClient) -> dict[str, float]:
+    """embedding_provider_breaker_open per provider, from the API's /metrics."""
+    text = api.get("/metrics").get_data(as_text=True)
+    family = next(f for f in text_string_to_metric_families(text)
+                  if f.name == "embedding_provider_breaker_open")  # fmt: skip
+    return {s.labels["provider"]: s.value for s in family.samples}
+
+
 def test_breaker_opens_fails_fast_and_closes_after_the_cool_down(
     api: FlaskClient, ollama: OllamaStub, openai_stub: OpenAIStub, worker_log: Path
 ) -> None:
@@ -386,6 +395,7 @@ def test_breaker_opens_fails_fast_and_closes_after_the_cool_down(
     assert health["providers"]["ollama"]["status"] == "down"
     assert health["providers"]["ollama"]["breaker"]["state"] == "open"
     assert health["status"] == "degraded"  # the default model's provider is down
+    assert breakers_open(api) == {"ollama": 1, "openai": 0}  # what the alert rule reads
 
     started = time.monotonic()
     message = error_of(
@@ -408,6 +418,7 @@ def test_breaker_opens_fails_fast_and_closes_after_the_cool_down(
     providers = api.get("/health").get_json()["providers"]
     assert providers["ollama"]["status"] == "up"
     assert providers["ollama"]["breaker"]["state"] == "closed"
+    assert breakers_open(api) == {"ollama": 0, "openai": 0}
     assert "breaker open" in worker_log.read_text()
     assert "breaker closed" in worker_log.read_text()
 

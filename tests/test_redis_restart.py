@@ -59,7 +59,7 @@ def test_accepted_work_survives_a_redis_restart(tmp_path: Path) -> None:
         settings = load_settings(
             REDIS_URL=server.url, GPU_ENABLED=False, REQUEST_TIMEOUT_SECONDS=5,
             INDEX_BATCH_CHUNKS=16, RATE_LIMIT_REQUESTS_PER_MINUTE=1_000_000,
-            RATE_LIMIT_BURST=1_000_000, **env,
+            RATE_LIMIT_BURST=1_000_000, AUTH_REQUIRED=False, **env,
         )  # fmt: skip
         client = create_app(settings).test_client()
 

@@ -27,7 +27,15 @@ from common.jobs import JobStore
 from common.queueing import EMBED_TASK, make_celery
 from common.schemas import EmbedOptions, EmbedTask
 from common.settings import Settings, load_settings
-from tests.conftest import GENEROUS_LIMITS, ROOT, held_settings, models_file, service_env, stop
+from tests.conftest import (
+    GENEROUS_LIMITS,
+    OPEN_MODE,
+    ROOT,
+    held_settings,
+    models_file,
+    service_env,
+    stop,
+)
 
 
 @pytest.fixture
@@ -38,8 +46,8 @@ def own_redis(tmp_path: Path) -> Iterator[str]:
 
 
 def on_redis(url: str, tmp_path: Path, **overrides: object) -> Settings:
-    """Held settings (jobs stay queued) on the given Redis."""
-    base = load_settings(REDIS_URL=url, **GENEROUS_LIMITS)
+    """Held settings (jobs stay queued) on the given Redis, in open mode unless overridden."""
+    base = load_settings(REDIS_URL=url, **GENEROUS_LIMITS, **OPEN_MODE)
     return held_settings(base, tmp_path, **overrides)
 
 
@@ -173,6 +181,7 @@ def test_a_deadline_that_passed_drops_the_work(
     answer = http.post("/api/v1/embeddings", json={"input": "x"},
                        headers={"X-Request-Timeout": "0.3"})  # fmt: skip
     assert answer.status_code == 504 and time.monotonic() - began < 2
+    assert "within 0.3s" in answer.get_json()["error"]["message"]  # the wait that applied
     assert http.post("/api/v1/embeddings", json={"input": "x"},
                      headers={"X-Request-Timeout": "soon"}).status_code == 400  # fmt: skip
     jobs = JobStore(redis.Redis.from_url(settings.REDIS_URL), 600)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,28 +89,42 @@ def test_a_message_lost_before_its_task_started_fails_its_job(
     settings: Settings, tmp_path: Path, held_app: Flask
 ) -> None:
     """kombu's window: a worker's BRPOP took the message and the worker died before it
-    recorded it as unacked. Played here by taking the message off the queue by hand; a
-    later job then starts on a live worker, and the sweep fails the lost one with its
-    reason. A job still waiting in a queue (nothing after it started) is left alone."""
+    recorded it as unacked. Played here by taking the messages of a job and of a waiting
+    sync call off the queue by hand; a later job then starts on a live worker, and the
+    sweep fails the lost ones with their reason: the sync call answers 503 worker_lost.
+    A job still waiting in a queue (nothing after it started) is left alone."""
     models = models_file(tmp_path, name="lossy", queue="lossy")
     env = {"MODELS_FILE": str(models), "DEFAULT_MODEL": "lossy",
            "BROKER_VISIBILITY_TIMEOUT_SECONDS": "2"}  # fmt: skip
-    client = create_app(load_settings(**{**settings.model_dump(), **env})).test_client()
+    app = create_app(load_settings(**{**settings.model_dump(), **env,
+                                      "REQUEST_TIMEOUT_SECONDS": 240}))  # fmt: skip
+    client = app.test_client()
     broker = redis.Redis.from_url(settings.REDIS_URL)
     waiting = held_app.test_client().post("/api/v1/jobs", json={"input": "in a queue"})
     lost = client.post("/api/v1/jobs", json={"input": "lost on the way"}).get_json()
-    assert broker.rpop("lossy")  # the dying worker's BRPOP: nobody will ever run it
-    log = tmp_path / "lossy.log"
-    worker = start_worker(settings.REDIS_URL, log, queues="lossy", name="lossy", **env)
-    try:
-        wait_for_worker(settings.REDIS_URL, worker, log, "lossy")
-        later = client.post("/api/v1/embeddings", json={"input": "sent later"})
-        assert later.status_code == 200  # it started, so the lost one was overtaken
-        job = poll_while(client, lost["status_url"], "queued", timeout=60)
-    finally:
-        stop(worker)
+    with ThreadPoolExecutor(1) as pool:
+        sync = pool.submit(app.test_client().post, "/api/v1/embeddings",
+                           json={"input": "waited for, lost"})  # fmt: skip
+        deadline = time.monotonic() + 30
+        while broker.llen("lossy") < 2:
+            assert time.monotonic() < deadline and not sync.done()
+            time.sleep(0.05)
+        assert broker.rpop("lossy") and broker.rpop("lossy")  # the dying worker's BRPOPs
+        log = tmp_path / "lossy.log"
+        worker = start_worker(settings.REDIS_URL, log, queues="lossy", name="lossy", **env)
+        try:
+            wait_for_worker(settings.REDIS_URL, worker, log, "lossy")
+            later = client.post("/api/v1/embeddings", json={"input": "sent later"})
+            assert later.status_code == 200  # it started, so the lost ones were overtaken
+            job = poll_while(client, lost["status_url"], "queued", timeout=60)
+            answer = sync.result(timeout=60)
+        finally:
+            stop(worker)
     assert job["status"] == "failed"
     assert job["error"]["type"] == "worker_lost"
     assert "send it again" in job["error"]["message"]
+    assert answer.status_code == 503, answer.get_data(as_text=True)
+    assert answer.get_json()["error"]["type"] == "worker_lost"
+    assert answer.get_json()["error"]["job_id"].startswith("job_")
     still = held_app.test_client().get(waiting.get_json()["status_url"]).get_json()
     assert still["status"] == "queued"

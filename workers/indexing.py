@@ -11,9 +11,10 @@ import numpy as np
 import redis
 from celery import Celery, current_app
 
-from common import ledger
+from common import ledger, storage
 from common.errors import JobNotFound, ServiceError
 from common.index_jobs import Settled
+from common.jobs import JobStatus
 from common.queueing import INDEX_BATCH_TASK, INDEX_FINISH_TASK, send_index_finish
 from common.schemas import IndexBatchTask, IndexFinishTask
 from common.sinks import JobManifest, SinkBatch, SinkError
@@ -45,10 +46,11 @@ def _index_batch(task: IndexBatchTask) -> None:
     rt = runtime.current()
     if task.ledger:
         ledger.started(rt.redis, task.ledger)
+    storage.started(rt.redis, task.hold)
     jobs = rt.index_jobs
     attempt, started = uuid.uuid4().hex, time.time()
     status = jobs.begin(task.job_id, task.batch, attempt)
-    if status is None or status.terminal:
+    if status is not JobStatus.RUNNING:
         log.info("index job %s is %s: batch %d skipped", task.job_id, status, task.batch)
         return
     try:

@@ -232,6 +232,26 @@ def install() -> None:
 # ---------------------------------------------------------------------------- GPU
 
 
+GPU_GAUGES: dict[str, tuple[str, str]] = {
+    "total": ("embedding_gpu_memory_total_bytes", "The device's memory."),
+    "used": (
+        "embedding_gpu_memory_used_bytes",
+        "Device memory in use by every process (total minus free).",
+    ),
+    "reserved": (
+        "embedding_gpu_memory_reserved_bytes",
+        "Memory held by this process's CUDA caching allocator.",
+    ),
+    "allocated": ("embedding_gpu_memory_allocated_bytes", "Memory of this process's live tensors."),
+    "utilization": (
+        "embedding_gpu_utilization_ratio",
+        "Share of the last sample period the GPU was busy (needs NVML).",
+    ),
+}
+"""GpuCollector's gauges (name, help), labelled by device. They exist only on a CUDA
+worker, so checks of metric names off a GPU read them here."""
+
+
 class GpuCollector(Collector):
     """GPU memory and utilization of this process's CUDA device, once CUDA is initialised.
 
@@ -242,30 +262,9 @@ class GpuCollector(Collector):
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return
-        families: dict[str, GaugeMetricFamily] = {
-            "total": GaugeMetricFamily(
-                "embedding_gpu_memory_total_bytes", "The device's memory.", labels=["device"]
-            ),
-            "used": GaugeMetricFamily(
-                "embedding_gpu_memory_used_bytes",
-                "Device memory in use by every process (total minus free).",
-                labels=["device"],
-            ),
-            "reserved": GaugeMetricFamily(
-                "embedding_gpu_memory_reserved_bytes",
-                "Memory held by this process's CUDA caching allocator.",
-                labels=["device"],
-            ),
-            "allocated": GaugeMetricFamily(
-                "embedding_gpu_memory_allocated_bytes",
-                "Memory of this process's live tensors.",
-                labels=["device"],
-            ),
-            "utilization": GaugeMetricFamily(
-                "embedding_gpu_utilization_ratio",
-                "Share of the last sample period the GPU was busy (needs NVML).",
-                labels=["device"],
-            ),
+        families = {
+            key: GaugeMetricFamily(name, doc, labels=["device"])
+            for key, (name, doc) in GPU_GAUGES.items()
         }
         index = torch.cuda.current_device()
         device = f"cuda:{index}"

@@ -18,7 +18,7 @@ from common.cache import EmbeddingCache
 from common.index_jobs import IndexJobStore
 from common.jobs import JobStore
 from common.queueing import QueueName
-from common.redis_client import connect
+from common.redis_client import connect, tls_options
 from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
 from common.sinks import Sink, SinkError, load_sinks, open_sink
@@ -53,7 +53,7 @@ class WorkerRuntime:
     _sink_lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.redis = connect(self.settings.REDIS_URL)
+        self.redis = connect(self.settings.REDIS_URL, tls=tls_options(self.settings))
         self.jobs = JobStore(self.redis, self.settings.JOB_TTL_SECONDS)
         self.index_jobs = IndexJobStore(self.redis, self.settings.JOB_TTL_SECONDS)
         self.cache = EmbeddingCache(self.redis, self.settings.CACHE_TTL_SECONDS, local_size=0)

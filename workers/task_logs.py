@@ -1,9 +1,10 @@
 """JSON logs for the Celery worker, with each task's request id, job id and model.
 
 Connecting `setup_logging` makes Celery leave logging to common/logs.py (JSON lines on
-stderr, LOG_LEVEL and RUST_LOG). The API sends a `request_id` header with every task
-(common/logs.send_options); `task_prerun` binds it, with the job id and model from the
-payload, for every line the task logs, and `task_postrun` clears it.
+stderr, or readable ones with LOG_FORMAT=console; LOG_LEVEL and RUST_LOG). The API sends
+a `request_id` header with every task (common/logs.send_options); `task_prerun` binds it,
+with the job id and model from the payload, for every line the task logs, and
+`task_postrun` clears it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     # `--loglevel` may only make the worker more verbose than LOG_LEVEL.
     if isinstance(loglevel, int) and loglevel < logging.getLevelName(level.upper()):
         level = logging.getLevelName(loglevel).lower()
-    logs.configure(level, _settings.RUST_LOG if _settings else None, service="worker")
+    rust_log, log_format = (_settings.RUST_LOG, _settings.LOG_FORMAT) if _settings else (None, None)
+    logs.configure(level, rust_log, "worker", log_format)
 
 
 def _prerun(task_id: str, task: Task, args: Any = None, **_: Any) -> None:

@@ -12,8 +12,8 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject
 
-from common import ledger
-from common.errors import ServiceError
+from common import ledger, storage
+from common.errors import DeadlineExceeded, ServiceError
 from common.queueing import EMBED_TASK
 from common.registry import Provider
 from common.schemas import EmbedTask
@@ -85,8 +85,9 @@ def _embed(task: EmbedTask) -> None:
     rt = runtime.current()
     if task.ledger:
         ledger.started(rt.redis, task.ledger)
+    storage.started(rt.redis, task.hold)
     if task.deadline is not None and time.time() > task.deadline:
-        rt.jobs.fail(task.job_id, "deadline_exceeded", "the client's deadline passed first")
+        rt.jobs.fail(task.job_id, DeadlineExceeded.type, "the client's deadline passed first")
         log.info("job %s dropped: its deadline passed while queued", task.job_id)
         return
     if not rt.jobs.start(task.job_id):

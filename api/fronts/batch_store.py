@@ -8,7 +8,7 @@ import time
 import orjson
 import redis
 
-from common import keys
+from common import keys, storage
 from common.errors import NotFound
 
 
@@ -16,10 +16,12 @@ class FileStore:
     def __init__(self, client: redis.Redis, ttl_seconds: int) -> None:
         self.redis, self.ttl = client, ttl_seconds
 
-    def create(self, content: bytes, filename: str, purpose: str, owner: str) -> dict:
+    def create(
+        self, content: bytes, filename: str, purpose: str, owner: str, file_id: str | None = None
+    ) -> dict:
         now = int(time.time())
         meta = {
-            "id": "file-" + secrets.token_hex(12), "object": "file", "bytes": len(content),
+            "id": file_id or new_file_id(), "object": "file", "bytes": len(content),
             "created_at": now, "expires_at": now + self.ttl, "filename": filename,
             "purpose": purpose, "status": "processed", "status_details": None,
         }  # fmt: skip
@@ -44,8 +46,10 @@ class FileStore:
         return self._field(file_id, "content", owner)
 
     def delete(self, file_id: str, owner: str) -> None:
+        """Delete the file, and release its bytes from the owner's storage."""
         self.meta(file_id, owner)
         self.redis.delete(keys.openai_file(file_id))
+        storage.release(self.redis, [storage.owner_bucket(owner)], file_id)
 
 
 class BatchStore:
@@ -99,6 +103,10 @@ class BatchStore:
             start = rank + 1
         ids = [m.decode() for m in self.redis.zrevrange(key, start, start + limit)]
         return ids[:limit], len(ids) > limit
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
 
 
 def new_batch_id() -> str:

@@ -14,23 +14,27 @@ import numpy as np
 import orjson
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
-from api import indexing
+from api import indexing, storage
 from api.auth import owner
 from api.body import json_body
-from api.fronts.batch_store import BatchStore, FileStore, new_batch_id
+from api.fronts.batch_store import BatchStore, FileStore, new_batch_id, new_file_id
 from api.fronts.openai import native_body, use_openai_errors
-from api.pipeline import CachePolicy, check_dimensions
+from api.pipeline import CachePolicy, bounded, check_dimensions
 from api.render import json_response
 from api.services import Services, services
 from common import errors
 from common.jobs import JobStatus
 from common.schemas import EmbeddingRequest, EmbedOptions, parse_request
+from common.storage import text_bytes
 from common.tokenization import token_lengths
 from common.vectors import normalize, to_base64, unpack
 
 ENDPOINT = "/v1/embeddings"
 MAX_REPORTED_ERRORS = 100
+FORM_OVERHEAD_BYTES = 64 * 1024
+"""A multipart body's boundaries and small fields, beside its file."""
 
 bp = Blueprint("openai_batches", __name__)
 use_openai_errors(bp)
@@ -46,16 +50,30 @@ def _stores(svc: Services) -> tuple[FileStore, BatchStore]:
 
 @bp.post("/v1/files")
 def create_file() -> Response:
+    """A file up to MAX_FILE_BYTES, counted against the caller's storage (api/storage.py)."""
     svc = services()
-    request.max_content_length = svc.settings.MAX_UPLOAD_BYTES
-    upload = request.files.get("file")
+    limit = svc.settings.MAX_FILE_BYTES
+    too_large = errors.PayloadTooLarge(
+        f"file: more than {limit} bytes (MAX_FILE_BYTES); split it into smaller files", "file"
+    )
+    request.max_content_length = limit + FORM_OVERHEAD_BYTES
+    try:
+        upload = request.files.get("file")
+    except RequestEntityTooLarge:
+        raise too_large from None
     purpose = request.form.get("purpose")
     if upload is None:
         raise errors.InvalidRequest("file: a multipart field named file is required", "file")
     if purpose != "batch":
         raise errors.InvalidRequest("purpose: only 'batch' files are accepted here", "purpose")
+    content = upload.read(limit + 1)
+    if len(content) > limit:
+        raise too_large
+    file_id = new_file_id()
+    storage.admit(svc, owner(), len(content), "the file", queued=False, item=file_id)
     files, _ = _stores(svc)
-    return json_response(files.create(upload.read(), upload.filename or "file", purpose, owner()))
+    meta = files.create(content, upload.filename or "file", purpose, owner(), file_id)
+    return json_response(meta)
 
 
 @bp.get("/v1/files/<file_id>")
@@ -151,11 +169,13 @@ def _check_create(body: object) -> dict[str, object]:
 def _start(svc: Services, batch: dict, requests: dict[str, EmbeddingRequest]) -> None:
     """Queue the requests as an index job: one document per request, one piece per input."""
     model = next(iter(requests.values())).model
-    planner = indexing.start_job(svc, model, owner(), {}, EmbedOptions(), CachePolicy())
+    size = sum(text_bytes(req.texts) for req in requests.values())
+    planner = indexing.start_job(svc, model, owner(), {}, EmbedOptions(), CachePolicy(),
+                                 size=size)  # fmt: skip
     tokenizer = planner.spec.tokenizer_file()
     details: dict[str, bytes] = {}
     for custom_id, req in requests.items():
-        texts = req.texts
+        texts = bounded(planner.spec, req.texts, truncate=True)
         tokens = [min(n, planner.spec.max_tokens) for n in token_lengths(tokenizer, texts)]
         pieces = [indexing.Piece(t, n, i, 0, len(t)) for i, (t, n) in
                   enumerate(zip(texts, tokens, strict=True))]  # fmt: skip

@@ -12,10 +12,11 @@ from datetime import UTC, datetime
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import pipeline
+from api import auth, pipeline
 from api.body import json_body
-from api.errors import status_of
+from api.errors import http_type, note_type, status_of, type_of
 from api.render import json_response
+from api.routes.models import listed
 from api.services import services
 from common import errors
 from common.registry import ModelSpec
@@ -34,6 +35,7 @@ def _error(status: int, message: str) -> Response:
 
 @bp.errorhandler(errors.ServiceError)
 def _service_error(error: errors.ServiceError) -> Response:
+    note_type(type_of(error))
     if isinstance(error, errors.ModelNotFound):
         return _error(404, f'model "{error.model}" not found, try pulling it first')
     return _error(status_of(error), error.message)
@@ -41,6 +43,7 @@ def _service_error(error: errors.ServiceError) -> Response:
 
 @bp.errorhandler(HTTPException)
 def _http_error(error: HTTPException) -> Response:
+    note_type(http_type(error))
     return _error(error.code or 500, error.description or "error")
 
 
@@ -86,6 +89,10 @@ def embed() -> Response:
 def embeddings() -> Response:
     """The legacy route: one prompt, a raw (not normalized) vector, as Ollama gives it."""
     body = _body()
+    if not isinstance(body.get("prompt"), str):  # a list would quietly lose all but one
+        raise errors.InvalidRequest(
+            "prompt must be one string; for several texts use /api/embed with input: [...]"
+        )
     outcome = _embed(body, body.get("prompt"), normalize=False)
     return json_response({"embedding": outcome.matrix[0]})
 
@@ -101,7 +108,7 @@ def tags() -> Response:
     models = [
         {"name": s.name, "model": s.name, "modified_at": STARTED, "size": 0,
          "digest": s.revision, "details": _details(s)}
-        for s in services().registry if s.enabled
+        for s in services().registry if listed(s)
     ]  # fmt: skip
     return json_response({"models": models})
 
@@ -109,6 +116,7 @@ def tags() -> Response:
 @bp.post("/api/show")
 def show() -> Response:
     spec = services().registry.get(str(_body()["model"]))
+    auth.check_model(spec.name)
     info = {"general.architecture": spec.provider.value,
             "embedding_length": spec.dimensions, "context_length": spec.max_tokens}  # fmt: skip
     return json_response({

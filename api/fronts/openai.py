@@ -12,10 +12,11 @@ import time
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import pipeline
+from api import auth, pipeline
 from api.body import json_body
-from api.errors import error_response, status_of
+from api.errors import error_response, http_type, status_of, type_of
 from api.render import json_response
+from api.routes.models import listed
 from api.services import Services, services
 from common import errors
 from common.registry import ModelSpec
@@ -36,16 +37,16 @@ def openai_error(
     kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
     error_type = kind.get(status, "invalid_request_error" if status < 500 else "server_error")
     payload = {"message": message, "type": error_type, "param": param, "code": code}
-    return error_response(status, payload, headers)
+    return error_response(status, payload, headers, kind=code)
 
 
 def _service_error(error: errors.ServiceError) -> Response:
-    code = error.kind if isinstance(error, errors.JobFailed) else error.type
-    return openai_error(status_of(error), error.message, code, error.param, error.headers)
+    return openai_error(status_of(error), error.message, type_of(error), error.param,
+                        error.headers)  # fmt: skip
 
 
 def _http_error(error: HTTPException) -> Response:
-    code = (error.name or "error").lower().replace(" ", "_")
+    code = http_type(error)
     return openai_error(error.code or 500, error.description or code, code, None)
 
 
@@ -129,9 +130,11 @@ def _model(spec: ModelSpec) -> dict[str, object]:
 @bp.get("/v1/models")
 def list_models() -> Response:
     svc = services()
-    return json_response({"object": "list", "data": [_model(s) for s in svc.registry if s.enabled]})
+    return json_response({"object": "list", "data": [_model(s) for s in svc.registry if listed(s)]})
 
 
 @bp.get("/v1/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
-    return json_response(_model(services().registry.get(model_id)))
+    spec = services().registry.get(model_id)
+    auth.check_model(spec.name)
+    return json_response(_model(spec))

@@ -8,11 +8,12 @@ import time
 
 from flask import Blueprint, Response, request, send_file, url_for
 
-from api import indexing, results
-from api.auth import owner
+from api import auth, indexing, results
+from api.auth import owner, owner_filter
 from api.render import iso, json_response
 from api.services import services
 from api.uploads import read_upload
+from common import keys
 from common.errors import InvalidRequest
 from common.index_jobs import IndexJob
 from common.sinks import public
@@ -59,9 +60,7 @@ def _progress(job: IndexJob) -> dict[str, object]:
 @bp.post("/api/v1/index-jobs")
 def create_index_job() -> Response:
     svc = services()
-    upload = read_upload(
-        svc.settings.MAX_UPLOAD_BYTES, lambda options: indexing.check_sink(svc, options.sink)
-    )
+    upload = read_upload(svc.settings, lambda options: indexing.check_sink(svc, options.sink))
     with upload.spool:
         job_id = indexing.submit(svc, upload, owner(), request.headers.get("Cache-Control"))
     body = {"id": job_id, "status": "queued", "documents": upload.valid,
@@ -78,16 +77,17 @@ def list_sinks() -> Response:
 @bp.get("/api/v1/index-jobs/<job_id>")
 def get_index_job(job_id: str) -> Response:
     svc = services()
-    job = svc.index_jobs.get(job_id, owner())
+    job = svc.index_jobs.get(job_id, owner_filter())
     body = _progress(job) | {"failures": svc.index_jobs.failures(job_id)}
     return json_response(body)
 
 
 @bp.delete("/api/v1/index-jobs/<job_id>")
 def cancel_index_job(job_id: str) -> Response:
-    """No new batches start; what is done stays downloadable."""
+    """No new batches start; what is done stays downloadable. The job is `cancelling`
+    until the batches already started end, then `cancelled`."""
     svc = services()
-    svc.index_jobs.get(job_id, owner())
+    svc.index_jobs.get(job_id, owner_filter())
     svc.index_jobs.cancel(job_id)
     return get_index_job(job_id)
 
@@ -113,11 +113,20 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     return int(raw)
 
 
+def _listed_owner() -> str:
+    """The caller's own jobs, or (an admin's ?key=) one key's or, with `all`, everyone's."""
+    wanted = request.args.get("key")
+    if wanted is None or wanted == owner():
+        return owner()
+    auth.require_admin("listing another key's index jobs")
+    return keys.ALL_OWNERS if wanted == "all" else wanted
+
+
 @bp.get("/api/v1/index-jobs")
 def list_index_jobs() -> Response:
     svc = services()
     limit = _int_arg("limit", 20, 1, 100)
-    jobs = svc.index_jobs.list_for(owner(), limit, _cursor(request.args.get("cursor")))
+    jobs = svc.index_jobs.list_for(_listed_owner(), limit, _cursor(request.args.get("cursor")))
     token = None
     if len(jobs) == limit:
         last = jobs[-1]
@@ -150,10 +159,12 @@ def get_results(job_id: str) -> Response:
     """Results from batch `cursor` on (at most `limit` batches), in a stable order.
 
     X-Next-Cursor says where to resume; it is absent once everything has been sent.
+    X-Results-Complete is `true` only then: while the job runs or is `cancelling`, rows
+    may still be added, so the download is `false` (incomplete), whatever it holds.
     """
     svc = services()
     store = svc.index_jobs
-    job = store.get(job_id, owner())
+    job = store.get(job_id, owner_filter())
     fmt = request.args.get("format", "ndjson")
     if fmt not in ("ndjson", "npy", "npz"):
         raise InvalidRequest("format: ndjson, npy or npz", param="format")
@@ -162,7 +173,7 @@ def get_results(job_id: str) -> Response:
         job, set(store.stored_batches(job_id)), set(store.failed_batches(job_id)),
         _int_arg("cursor", 0, 0, 10**9), _int_arg("limit", 10**9, 1, 10**9),
     )  # fmt: skip
-    headers = {"X-Job-Status": job.status.value}
+    headers = {"X-Job-Status": job.status.value, "X-Results-Complete": str(cursor is None).lower()}
     if cursor is not None:
         headers["X-Next-Cursor"] = str(cursor)
     if fmt == "npz":

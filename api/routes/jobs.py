@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request, url_for
 
 from api import pipeline
-from api.auth import owner
+from api.auth import owner_filter
 from api.body import json_body
 from api.render import job_body, json_response
 from api.services import services
@@ -28,7 +28,7 @@ def create_job() -> Response:
 @bp.get("/api/v1/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     svc = services()
-    job = svc.jobs.get(job_id, owner())
+    job = svc.jobs.get(job_id, owner_filter())
     return json_response(job_body(svc, job, url_for("jobs.get_job", job_id=job_id)))
 
 
@@ -36,6 +36,6 @@ def get_job(job_id: str) -> Response:
 def cancel_job(job_id: str) -> Response:
     """Cancel an active job; cancelling a finished one changes nothing and says so."""
     svc = services()
-    svc.jobs.get(job_id, owner())  # 404 for unknown ids and other keys' jobs
+    svc.jobs.get(job_id, owner_filter())  # 404: unknown, or another key's (to a client)
     svc.jobs.cancel(job_id)
     return get_job(job_id)

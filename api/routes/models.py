@@ -1,9 +1,11 @@
-"""GET /api/v1/models: the registry, with which models a live worker can serve now."""
+"""GET /api/v1/models: the registry (the models the caller's key may use), with which
+models a live worker can serve now."""
 
 from __future__ import annotations
 
 from flask import Blueprint
 
+from api import auth
 from api.services import Services, services
 from common import providers
 from common.registry import ModelSpec, Provider
@@ -43,9 +45,14 @@ def model_entry(
     }
 
 
+def listed(spec: ModelSpec) -> bool:
+    """Enabled, and one the caller's key may use: what every front's model list shows."""
+    return spec.enabled and auth.may_use(spec.name)
+
+
 @bp.get("/api/v1/models")
 def list_models() -> dict[str, object]:
     svc = services()
     states = provider_states(svc)
-    data = [model_entry(svc, s, states) for s in svc.registry if s.enabled]
+    data = [model_entry(svc, s, states) for s in svc.registry if listed(s)]
     return {"object": "list", "data": data}

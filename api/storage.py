@@ -1,0 +1,74 @@
+"""What new work may put in Redis: refused while Redis is nearly full (507), while the
+queues hold MAX_QUEUED_BYTES (503), past the caller's storage share (507), and when it
+is bigger than a limit could ever take (413). common/storage.py counts the bytes."""
+
+from __future__ import annotations
+
+import secrets
+
+import redis
+
+from api.services import Services
+from common import storage
+from common.errors import InsufficientStorage, PayloadTooLarge, QueueFull
+from common.settings import Settings
+
+QUEUE_RETRY_SECONDS = 5
+
+
+def check_room(client: redis.Redis, max_fill: float) -> None:
+    """Refuse new work while Redis is nearly full, rather than lose accepted work later."""
+    memory = client.info("memory")
+    limit = int(memory.get("maxmemory", 0))
+    if limit and int(memory["used_memory"]) > max_fill * limit:
+        raise InsufficientStorage(
+            f"Redis is {int(memory['used_memory']) / limit:.0%} full (limit {max_fill:.0%}): "
+            "let finished jobs' results expire (JOB_TTL_SECONDS), or give Redis more memory"
+        )
+
+
+def quota(settings: Settings, owner: str) -> int:
+    """Bytes `owner` may hold in Redis (its files and queued texts). One figure for every
+    key for now: STORAGE_BYTES_PER_KEY; a key record's own limit can be returned here."""
+    return settings.STORAGE_BYTES_PER_KEY
+
+
+def admit(
+    svc: Services, owner: str, size: int, what: str, *, queued: bool = True,
+    item: str | None = None, checked: bool = True, ttl_seconds: float | None = None,
+) -> storage.Hold | None:  # fmt: skip
+    """Refuse `what` (`size` bytes) if a limit would not take it now or ever; with `item`,
+    hold the bytes under it (`queued`: a task's texts, released when a worker takes it;
+    else a file's) for at most `ttl_seconds` (JOB_TTL_SECONDS). `checked=False` holds
+    without a check: the rest of an upload that was admitted whole."""
+    settings = svc.settings
+    buckets = storage.task_buckets(owner) if queued else [storage.owner_bucket(owner)]
+    named = [("STORAGE_BYTES_PER_KEY", quota(settings, owner))]
+    if queued:
+        named.append(("MAX_QUEUED_BYTES", settings.MAX_QUEUED_BYTES))
+    if checked:
+        check_room(svc.redis, settings.REDIS_MAX_FILL_RATIO)
+        for name, limit in named:
+            if size > limit:
+                raise PayloadTooLarge(
+                    f"{what}: {size} bytes, more than {name} ({limit}) allows at once; "
+                    "send less at a time"
+                )
+    limits = [limit if checked else 0 for _, limit in named]
+    ttl = ttl_seconds or settings.JOB_TTL_SECONDS
+    full = storage.hold(svc.redis, buckets, limits, size, item, ttl)
+    if full is not None:
+        name, limit = named[buckets.index(full.bucket)]
+        held = f"{full.used} bytes held, and {what} ({size} bytes) would pass {name} ({limit})"
+        if full.bucket == storage.QUEUED:
+            raise QueueFull(f"the queues are full: {held}; retry later or add workers",
+                            retry_after=QUEUE_RETRY_SECONDS)  # fmt: skip
+        raise InsufficientStorage(
+            f"this key's storage is full: {held}. It frees as its queued work starts and as "
+            "its files are deleted (DELETE /v1/files/<id>) or expire"
+        )
+    return storage.Hold(owner=owner, item=item) if item else None
+
+
+def new_item() -> str:
+    return "t" + secrets.token_hex(8)
