@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from api import auth, errors, metrics, request_context
+from api import auth, errors, metrics, request_context, sync_calls
 from api.fronts import batches, ollama, openai
 from api.routes import cache, docs, embeddings, health, index_jobs, jobs, models, probes, usage
 from api.routes import keys as api_keys
@@ -24,6 +24,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["embeddings"] = Services.build(settings)
     auth.init_app(app)
+    sync_calls.init_app(app)
     errors.register(app)
     for blueprint in (embeddings.bp, jobs.bp, index_jobs.bp, models.bp, cache.bp, health.bp):
         app.register_blueprint(blueprint)

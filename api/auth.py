@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 from flask import Flask, Response, current_app, g, request
 
@@ -170,14 +171,15 @@ def owner_filter() -> str | None:
     return None if is_admin() else owner()
 
 
-def may_use(model: str) -> bool:
-    key = caller_key()
+def may_use(model: str, key: ApiKey | Literal["caller"] | None = "caller") -> bool:
+    """Whether `key` (default: the caller's; None: open mode) may use the model."""
+    key = caller_key() if key == "caller" else key
     return key is None or key.allows(model)
 
 
-def check_model(model: str) -> None:
-    """403 for a model outside the caller's key's list."""
-    if not may_use(model):
+def check_model(model: str, key: ApiKey | Literal["caller"] | None = "caller") -> None:
+    """403 for a model outside the key's list."""
+    if not may_use(model, key):
         raise Forbidden(f"this API key may not use model {model!r}", param="model")
 
 

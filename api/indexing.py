@@ -11,15 +11,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from api import auth, metrics, quotas, storage
-from api.pipeline import (
-    CachePolicy,
-    check_provider,
-    check_queue,
-    known_dimensions,
-    pick_queue,
-    send,
-)
+from api import metrics, quotas, storage
+from api.call import CachePolicy, Call
+from api.dispatch import route, send
+from api.pipeline import known_dimensions
 from api.services import Services
 from api.uploads import Upload
 from common import chunking, ledger, logs
@@ -72,13 +67,13 @@ class Planner:
     """Groups whole documents into batches of about INDEX_BATCH_CHUNKS chunks and queues them."""
 
     def __init__(
-        self, svc: Services, spec: ModelSpec, job_id: str, queue: str, policy: CachePolicy,
-        options: EmbedOptions, owner: str, sink: str | None = None,
+        self, svc: Services, spec: ModelSpec, job_id: str, queue: str, call: Call,
+        options: EmbedOptions, sink: str | None = None,
     ) -> None:  # fmt: skip
         self.svc, self.spec, self.job_id, self.queue = svc, spec, job_id, queue
-        self.owner = owner
-        self.policy, self.options, self.sink = policy, options, sink
-        self.scope = auth.cache_scope()
+        self.call, self.owner, self.policy = call, call.owner, call.policy
+        self.options, self.sink = options, sink
+        self.scope = call.scope
         self.generations = svc.cache.generations(spec.name, scope=self.scope)
         self.number = 0
         self.tokens = 0
@@ -116,7 +111,7 @@ class Planner:
             texts=batch.texts, tokens=batch.tokens, options=self.options, cache_keys=keys,
             cache_read=self.policy.read, cache_ttl_seconds=self.svc.settings.CACHE_TTL_SECONDS,
             sink=self.sink, rows=batch.plan if self.sink else None,
-            metadata=batch.metadata if self.sink else None, hold=held,
+            metadata=batch.metadata if self.sink else None, holds=[held] if held else [],
         )  # fmt: skip
         work = ledger.Note(
             kind="index_batch", queue=bulk_lane(self.queue), job_id=self.job_id,
@@ -146,24 +141,24 @@ def cache_policy(options: IndexJobOptions, cache_control: str | None) -> CachePo
 
 
 def start_job(
-    svc: Services, model: str | None, owner: str, chunking_info: dict[str, int],
-    options: EmbedOptions, policy: CachePolicy, sink: str | None = None, *, size: int,
+    svc: Services, model: str | None, call: Call, chunking_info: dict[str, int],
+    options: EmbedOptions, sink: str | None = None, *, size: int,
 ) -> Planner:  # fmt: skip
-    """Create the job and a planner that queues its batches; call `finish` after the last.
-    Refused (403, 429) for a model outside the caller's key's list or a spent quota."""
+    """Create the job and a planner that queues its batches (with the call's cache policy);
+    call `finish` after the last. Refused (403, 429) for a model outside the caller's key's
+    list or a spent quota."""
     check_sink(svc, sink)
     spec = svc.registry.get(model)
-    auth.check_model(spec.name)
-    quotas.charge(svc, spec.name, 1, mode="check")
+    call.check_model(spec.name)
+    quotas.charge(svc, call.key, spec.name, 1, mode="check")
     spec = known_dimensions(svc, spec)
     metrics.note_model(spec)
-    check_provider(svc, spec)
-    storage.admit(svc, owner, size, "the upload")
-    queue = pick_queue(svc, spec)
-    check_queue(svc, bulk_lane(queue))
-    job_id = svc.index_jobs.create(spec.name, queue, owner, spec.dimensions, chunking_info, sink)  # type: ignore[arg-type]
+    queue = route(svc, spec, bulk=True)
+    storage.admit(svc, call.owner, size, "the upload")
+    job_id = svc.index_jobs.create(spec.name, queue, call.owner, spec.dimensions,  # type: ignore[arg-type]
+                                   chunking_info, sink)  # fmt: skip
     logs.bind(job_id=job_id)
-    return Planner(svc, spec, job_id, queue, policy, options, owner, sink)
+    return Planner(svc, spec, job_id, queue, call, options, sink)
 
 
 def finish(planner: Planner) -> str:
@@ -171,21 +166,21 @@ def finish(planner: Planner) -> str:
     the upload read; a sink job that ended before that (every batch already done) is
     closed here."""
     planner.flush()
-    quotas.charge(planner.svc, planner.spec.name, planner.tokens, mode="record")
+    quotas.charge(planner.svc, planner.call.key, planner.spec.name, planner.tokens, mode="record")
     settled = planner.svc.index_jobs.submitted(planner.job_id)
     if settled.finished_now and planner.sink:
         send_index_finish(planner.svc.celery, planner.job_id, planner.queue)
     return planner.job_id
 
 
-def submit(svc: Services, upload: Upload, owner: str, cache_control: str | None) -> str:
+def submit(svc: Services, upload: Upload, call: Call, cache_control: str | None) -> str:
     spec = svc.registry.get(upload.options.model)
     max_tokens, overlap = _limits(spec, upload)
     options = EmbedOptions(normalize=upload.options.normalize)
     chunking_info = {"max_tokens": max_tokens, "overlap_tokens": overlap}
-    policy = cache_policy(upload.options, cache_control)
-    planner = start_job(svc, spec.name, owner, chunking_info, options, policy,
-                        upload.options.sink, size=upload.size)  # fmt: skip
+    call = call.with_policy(cache_policy(upload.options, cache_control))
+    planner = start_job(svc, spec.name, call, chunking_info, options, upload.options.sink,
+                        size=upload.size)  # fmt: skip
     svc.index_jobs.add_rejected(planner.job_id, upload.rejected)
     tokenizer = spec.tokenizer_file()
     for doc in upload.documents():

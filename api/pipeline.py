@@ -1,41 +1,23 @@
-"""The one embedding pipeline every front uses: validate limits, consult the cache,
-queue the misses for a worker, wait, and assemble the vectors in input order."""
+"""The one embedding pipeline every front uses: resolve the model, bound and count the
+texts, consult the cache, and queue the work for a worker (api/dispatch.py). Sync calls
+wait for it in api/sync_calls.py; async jobs are polled."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
-from flask import g, request
 
-from api import auth, metrics, quotas, storage
+from api import dispatch, metrics, quotas, storage
+from api.call import Call
 from api.services import Services
 from common import errors, ledger, logs, providers
-from common.breaker import CircuitBreaker
 from common.jobs import Job, JobStatus
-from common.queueing import EMBED_TASK, QueueName
-from common.registry import ModelSpec, Provider
+from common.queueing import EMBED_TASK
+from common.registry import ModelSpec
 from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
-from common.storage import text_bytes
+from common.storage import Hold, text_bytes
 from common.tokenization import char_limit, cut_at, token_lengths
-from common.vectors import unpack_rows
-
-DEADLINE_HEADER = "X-Request-Timeout"
-
-
-@dataclass(frozen=True)
-class CachePolicy:
-    read: bool = True
-    write: bool = True
-
-    @classmethod
-    def from_header(cls, cache_control: str | None) -> CachePolicy:
-        """`no-store`: neither read nor write; `no-cache`: compute afresh, then store."""
-        directives = {d.strip().lower() for d in (cache_control or "").split(",")}
-        if "no-store" in directives:
-            return cls(read=False, write=False)
-        return cls(read="no-cache" not in directives, write=True)
 
 
 @dataclass(frozen=True)
@@ -55,11 +37,11 @@ class Outcome:
     cache: str  # hit | miss | partial
 
 
-def prepare(svc: Services, request: EmbeddingRequest) -> Prepared:
+def prepare(svc: Services, request: EmbeddingRequest, call: Call) -> Prepared:
     """Resolve the model (one the caller's key may use) and count tokens; refuse over-long
     texts when truncate is false."""
     spec = svc.registry.get(request.model)
-    auth.check_model(spec.name)
+    call.check_model(spec.name)
     spec = providers.with_dimensions(svc.redis, spec)
     texts = bounded(spec, request.texts, request.truncate)
     lengths = token_lengths(spec.tokenizer_file(), texts)
@@ -114,30 +96,6 @@ def check_dimensions(spec: ModelSpec, wanted: int | None) -> None:
         )
 
 
-def pick_queue(svc: Services, spec: ModelSpec) -> str:
-    """Local models go to a GPU worker when one is enabled and online, else to the CPU."""
-    if spec.provider is not Provider.LOCAL or spec.queue != "local":
-        return spec.queue
-    if svc.settings.GPU_ENABLED and any(
-        QueueName.GPU in w.queues and w.device == "cuda" for w in svc.workers()
-    ):
-        return QueueName.GPU
-    return QueueName.CPU
-
-
-def check_provider(svc: Services, spec: ModelSpec) -> None:
-    """Fail fast, queueing nothing, for a remote model whose provider is not configured or
-    whose circuit breaker is open (the worker's breaker, read from Redis)."""
-    if spec.provider is Provider.LOCAL:
-        return
-    providers.require_configured(svc.settings, spec)
-    breaker = CircuitBreaker(
-        svc.redis, spec.provider.value, svc.settings.PROVIDER_BREAKER_FAILURES
-    ).state()
-    if breaker.state == "open":
-        raise breaker.open_error(spec.provider.value)
-
-
 def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:
     """The spec with its dimensions, registered or learned; 409 while nobody knows them."""
     spec = providers.with_dimensions(svc.redis, spec)
@@ -149,82 +107,45 @@ def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def check_queue(svc: Services, queue: str) -> None:
-    """Refuse new work at once while the queue is deeper than MAX_QUEUE_DEPTH."""
-    depth = int(svc.redis.llen(queue))
-    if depth > svc.settings.MAX_QUEUE_DEPTH:
-        raise errors.QueueFull(
-            f"the {queue!r} queue holds {depth} waiting tasks (limit "
-            f"{svc.settings.MAX_QUEUE_DEPTH}); retry later or add workers",
-            retry_after=5,
-        )
+def cache_keys(svc: Services, prep: Prepared, call: Call) -> list[str]:
+    """The texts' cache keys in the caller's scope, at the cache epoch its request read."""
+    return svc.cache.keys_for(prep.spec, prep.options, prep.texts, call.cache_epoch, call.scope)
 
 
-def client_deadline() -> float | None:
-    """X-Request-Timeout: seconds the client will wait; work still queued then is dropped."""
-    raw = request.headers.get(DEADLINE_HEADER)
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 < seconds <= 3600:
-        raise errors.InvalidRequest(
-            f"{DEADLINE_HEADER}: seconds, more than 0 and at most 3600", DEADLINE_HEADER
-        )
-    return time.time() + seconds
-
-
-def cache_keys(svc: Services, prep: Prepared) -> list[str]:
-    """The texts' cache keys in the caller's scope, at the cache epoch this request read
-    (api/auth.py)."""
-    epoch, scope = g.get("cache_epoch"), auth.cache_scope()
-    return svc.cache.keys_for(prep.spec, prep.options, prep.texts, epoch, scope)
-
-
-def submit(
-    svc: Services, prep: Prepared, policy: CachePolicy, deadline: float | None = None
-) -> str:
-    """Count it against the caller's quotas, record the job, then send the task by name
-    (the API never imports workers)."""
-    check_provider(svc, prep.spec)
-    queue = pick_queue(svc, prep.spec)
-    check_queue(svc, queue)
-    quotas.charge(svc, prep.spec.name, sum(prep.tokens))
-    held = storage.admit(svc, auth.owner(), text_bytes(prep.texts), "the request's texts",
+def admit(svc: Services, prep: Prepared, call: Call) -> tuple[str, Hold | None]:
+    """Route new work (api/dispatch.py), count it against the caller's quotas and hold
+    its bytes (api/storage.py); the queue, and the hold its task releases."""
+    queue = dispatch.route(svc, prep.spec)
+    quotas.charge(svc, call.key, prep.spec.name, sum(prep.tokens))
+    held = storage.admit(svc, call.owner, text_bytes(prep.texts), "the request's texts",
                          item=storage.new_item())  # fmt: skip
+    return queue, held
+
+
+def submit(svc: Services, prep: Prepared, call: Call) -> str:
+    """An async job: admit it, record it, and send its task."""
+    queue, held = admit(svc, prep, call)
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
     job_id = svc.jobs.create(
-        prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, auth.owner()
+        prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, call.owner
     )
-    keys = cache_keys(svc, prep) if policy.write else None
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,
         texts=prep.texts,
         tokens=prep.tokens,
         options=prep.options,
-        cache_keys=keys,
-        cache_read=policy.read,
+        cache_keys=cache_keys(svc, prep, call) if call.policy.write else None,
+        cache_read=call.policy.read,
         cache_ttl_seconds=svc.settings.CACHE_TTL_SECONDS,
-        deadline=deadline,
-        hold=held,
+        deadline=call.deadline,
+        holds=[held] if held else [],
     )
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
-    send(svc, EMBED_TASK, task, ledger.Note(kind="embed", queue=queue, job_id=job_id), summary)
+    note = ledger.Note(kind="embed", queue=queue, job_id=job_id)
+    dispatch.send(svc, EMBED_TASK, task, note, summary)
     return job_id
-
-
-def send(svc: Services, name: str, task: EmbedTask, work: ledger.Note, summary: str) -> None:
-    """Note the task in the ledger (common/ledger.py), then send it by name to the note's
-    queue under the note's task id; `summary` stands in for its arguments in logs."""
-    entry = ledger.note(svc.redis, work)
-    payload = task.model_copy(update={"ledger": entry}).model_dump()
-    svc.celery.send_task(
-        name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)
-    )
 
 
 def finished(svc: Services, job: Job, waited: float) -> np.ndarray:
@@ -236,35 +157,4 @@ def finished(svc: Services, job: Job, waited: float) -> np.ndarray:
         raise errors.JobFailed.from_job(job.id, job.error)
     if job.status is JobStatus.CANCELLED:
         raise errors.Conflict(f"job {job.id} was cancelled")
-    raise errors.Timeout(
-        f"not done within {waited:.3g}s; the job goes on: poll it",
-        job.id,
-    )
-
-
-def embed_now(svc: Services, prep: Prepared, policy: CachePolicy) -> Outcome:
-    """Answer from the cache when every text is there; otherwise run a job and wait."""
-    n = len(prep.texts)
-    if policy.read:
-        keys = cache_keys(svc, prep)
-        found = svc.cache.get_many(keys, count=False)
-        hits = sum(value is not None for value in found)
-        if hits == n:
-            quotas.charge(svc, prep.spec.name, sum(prep.tokens), hit=True)
-            svc.cache.count_hits(n)
-            matrix = unpack_rows(found)  # type: ignore[arg-type]
-            return Outcome(prep.spec.name, matrix, sum(prep.tokens), "hit")
-    else:
-        keys, hits = None, 0
-    # The worker reads the cache again, counts it, and embeds only the misses: the job
-    # then holds the whole answer, even when this wait times out and the client polls.
-    deadline = client_deadline()
-    wait = svc.settings.REQUEST_TIMEOUT_SECONDS
-    if deadline is not None:
-        wait = min(wait, deadline - time.time())
-    with auth.sync_slot():
-        job = svc.jobs.wait(submit(svc, prep, policy, deadline), wait)
-    matrix = finished(svc, job, wait)
-    if keys is not None and policy.write:
-        svc.cache.remember(keys, [row.tobytes() for row in matrix])
-    return Outcome(job.model, matrix, job.prompt_tokens, "partial" if hits else "miss")
+    raise errors.Timeout(f"not done within {waited:.3g}s; the job goes on: poll it", job.id)

@@ -4,18 +4,18 @@ when spent. One Redis round trip per request made with a key."""
 
 from __future__ import annotations
 
-from api import auth
 from api.services import Services
+from common.api_keys import ApiKey
 from common.errors import InvalidRequest, TooManyRequests
 from common.usage import Mode
 
 
 def charge(
-    svc: Services, model: str, tokens: int, hit: bool = False, mode: Mode = "charge"
-) -> None:
-    """Count one request (see common.usage.Mode); 429 if it would pass a quota. Calls
-    without a key (open mode) are not counted: they cost no round trip."""
-    key = auth.caller_key()
+    svc: Services, key: ApiKey | None, model: str, tokens: int, hit: bool = False,
+    mode: Mode = "charge",
+) -> None:  # fmt: skip
+    """Count one request of `key` (see common.usage.Mode); 429 if it would pass a quota.
+    Calls without a key (open mode) are not counted: they cost no round trip."""
     if key is None:
         return
     refusal = svc.usage.charge(key.id, model, tokens, hit, key.limits, mode)

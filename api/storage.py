@@ -5,6 +5,7 @@ is bigger than a limit could ever take (413). common/storage.py counts the bytes
 from __future__ import annotations
 
 import secrets
+import time
 
 import redis
 
@@ -16,15 +17,31 @@ from common.settings import Settings
 QUEUE_RETRY_SECONDS = 5
 
 
-def check_room(client: redis.Redis, max_fill: float) -> None:
-    """Refuse new work while Redis is nearly full, rather than lose accepted work later."""
+ROOM_OK_SECONDS = 1.0
+ROOM_SHARE = 0.1
+"""After a check finds room, a process admits up to this share of the room it found, for
+at most ROOM_OK_SECONDS, before it asks Redis again (INFO is not a cheap command)."""
+_room: dict[int, tuple[float, float]] = {}
+"""Per Redis client pool: (when the room was checked, the bytes still trusted)."""
+
+
+def check_room(client: redis.Redis, max_fill: float, size: int = 0) -> None:
+    """Refuse new work (`size` bytes) while Redis is nearly full, rather than lose accepted
+    work later. noeviction stays the hard stop: a write Redis refuses is a 507 too."""
+    pool = id(client.connection_pool)
+    checked_at, trusted = _room.get(pool, (0.0, 0.0))
+    if time.monotonic() - checked_at < ROOM_OK_SECONDS and size <= trusted:
+        _room[pool] = (checked_at, trusted - size)
+        return
     memory = client.info("memory")
-    limit = int(memory.get("maxmemory", 0))
-    if limit and int(memory["used_memory"]) > max_fill * limit:
+    limit, used = int(memory.get("maxmemory", 0)), int(memory["used_memory"])
+    if limit and used > max_fill * limit:
         raise InsufficientStorage(
-            f"Redis is {int(memory['used_memory']) / limit:.0%} full (limit {max_fill:.0%}): "
+            f"Redis is {used / limit:.0%} full (limit {max_fill:.0%}): "
             "let finished jobs' results expire (JOB_TTL_SECONDS), or give Redis more memory"
         )
+    room = max_fill * limit - used if limit else float(1 << 40)
+    _room[pool] = (time.monotonic(), ROOM_SHARE * room - size)
 
 
 def quota(settings: Settings, owner: str) -> int:
@@ -47,7 +64,7 @@ def admit(
     if queued:
         named.append(("MAX_QUEUED_BYTES", settings.MAX_QUEUED_BYTES))
     if checked:
-        check_room(svc.redis, settings.REDIS_MAX_FILL_RATIO)
+        check_room(svc.redis, settings.REDIS_MAX_FILL_RATIO, size)
         for name, limit in named:
             if size > limit:
                 raise PayloadTooLarge(

@@ -44,8 +44,10 @@ class EmbedTask(BaseModel):
     ledger: Entry | None = Field(
         default=None, description="Its note in common/ledger.py, removed when it starts."
     )
-    hold: Hold | None = Field(
-        default=None, description="Its bytes held in common/storage.py, released when it starts."
+    holds: list[Hold] = Field(
+        default_factory=list,
+        description="Its bytes held in common/storage.py (one per call it serves), released "
+        "when it starts.",
     )
 
 

@@ -108,6 +108,10 @@ class Settings(BaseSettings):
     MAX_INPUTS: Annotated[
         int, Field(ge=1, le=100_000, description="Most texts in one request.")
     ] = 2048
+    SYNC_GATHER_MS: Annotated[
+        float,
+        Field(ge=0, le=1000, description="Longest wait to gather concurrent sync calls; 0: off."),
+    ] = 2.0
     MAX_UPLOAD_BYTES: Annotated[
         int, Field(ge=1024, description="Largest index-job upload (streamed, never in memory).")
     ] = 8 * 1024**3

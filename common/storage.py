@@ -124,9 +124,9 @@ def release(client: redis.Redis, buckets: list[str], item: str) -> None:
     client.eval(_RELEASE, len(buckets) * 3, *_keys(buckets), item)
 
 
-def started(client: redis.Redis, held: Hold | None) -> None:
+def started(client: redis.Redis, holds: list[Hold]) -> None:
     """At the start of a task: its texts no longer wait."""
-    if held is not None:
+    for held in holds:
         release(client, task_buckets(held.owner), held.item)
 
 

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import redis
-from flask import Flask
 from sentence_transformers import SentenceTransformer
 
+from api.app import create_app
 from common import keys
 from common.registry import load_registry
-from common.settings import Settings
+from common.settings import Settings, load_settings
 from tests.conftest import MODEL
 from workers.batcher import Batcher, PassStats, plan_passes
 
@@ -140,8 +140,11 @@ def reference(settings: Settings) -> SentenceTransformer:
 
 
 def test_concurrent_requests_share_forward_passes(
-    app: Flask, worker: None, settings: Settings, reference: SentenceTransformer
+    worker: None, settings: Settings, reference: SentenceTransformer
 ) -> None:
+    """The worker's batcher merges tasks: each call its own task here (the API's gathering
+    of concurrent calls, api/sync_calls.py, is off), fewer forward passes than tasks."""
+    app = create_app(load_settings(**{**settings.model_dump(), "SYNC_GATHER_MS": 0}))
     client = redis.Redis.from_url(settings.REDIS_URL)
     stats_key = keys.batch_stats(MODEL)
     before = {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()}

@@ -46,7 +46,7 @@ def _index_batch(task: IndexBatchTask) -> None:
     rt = runtime.current()
     if task.ledger:
         ledger.started(rt.redis, task.ledger)
-    storage.started(rt.redis, task.hold)
+    storage.started(rt.redis, task.holds)
     jobs = rt.index_jobs
     attempt, started = uuid.uuid4().hex, time.time()
     status = jobs.begin(task.job_id, task.batch, attempt)

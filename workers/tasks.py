@@ -85,7 +85,7 @@ def _embed(task: EmbedTask) -> None:
     rt = runtime.current()
     if task.ledger:
         ledger.started(rt.redis, task.ledger)
-    storage.started(rt.redis, task.hold)
+    storage.started(rt.redis, task.holds)
     if task.deadline is not None and time.time() > task.deadline:
         rt.jobs.fail(task.job_id, DeadlineExceeded.type, "the client's deadline passed first")
         log.info("job %s dropped: its deadline passed while queued", task.job_id)

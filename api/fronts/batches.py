@@ -19,9 +19,10 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from api import indexing, storage
 from api.auth import owner
 from api.body import json_body
+from api.call import CachePolicy, current
 from api.fronts.batch_store import BatchStore, FileStore, new_batch_id, new_file_id
 from api.fronts.openai import native_body, use_openai_errors
-from api.pipeline import CachePolicy, bounded, check_dimensions
+from api.pipeline import bounded, check_dimensions
 from api.render import json_response
 from api.services import Services, services
 from common import errors
@@ -170,8 +171,8 @@ def _start(svc: Services, batch: dict, requests: dict[str, EmbeddingRequest]) ->
     """Queue the requests as an index job: one document per request, one piece per input."""
     model = next(iter(requests.values())).model
     size = sum(text_bytes(req.texts) for req in requests.values())
-    planner = indexing.start_job(svc, model, owner(), {}, EmbedOptions(), CachePolicy(),
-                                 size=size)  # fmt: skip
+    call = current().with_policy(CachePolicy())
+    planner = indexing.start_job(svc, model, call, {}, EmbedOptions(), size=size)
     tokenizer = planner.spec.tokenizer_file()
     details: dict[str, bytes] = {}
     for custom_id, req in requests.items():

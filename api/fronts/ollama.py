@@ -9,15 +9,17 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from werkzeug.exceptions import HTTPException
 
 from api import auth, pipeline
 from api.body import json_body
+from api.call import current
 from api.errors import http_type, note_type, status_of, type_of
 from api.render import json_response
 from api.routes.models import listed
 from api.services import services
+from api.sync_calls import embed_now
 from common import errors
 from common.registry import ModelSpec
 from common.schemas import parse_request
@@ -64,8 +66,8 @@ def _embed(body: dict[str, object], texts: object, normalize: bool) -> pipeline.
         native["dimensions"] = body["dimensions"]
     svc = services()
     req = parse_request(native, svc.settings.MAX_INPUTS)
-    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
-    return pipeline.embed_now(svc, pipeline.prepare(svc, req), policy)
+    call = current()
+    return embed_now(pipeline.prepare(svc, req, call), call)
 
 
 @bp.post("/api/embed")

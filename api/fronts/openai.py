@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 from werkzeug.exceptions import HTTPException
 
 from api import auth, pipeline
 from api.body import json_body
+from api.call import current
 from api.errors import error_response, http_type, status_of, type_of
 from api.render import json_response
 from api.routes.models import listed
 from api.services import Services, services
+from api.sync_calls import embed_now
 from common import errors
 from common.registry import ModelSpec
 from common.schemas import parse_request
@@ -110,9 +112,8 @@ def native_body(svc: Services, body: object) -> dict[str, object]:
 def create_embeddings() -> Response:
     svc = services()
     req = parse_request(native_body(svc, json_body()), svc.settings.MAX_INPUTS)
-    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
-    prep = pipeline.prepare(svc, req)
-    outcome = pipeline.embed_now(svc, prep, policy)
+    call = current()
+    outcome = embed_now(pipeline.prepare(svc, req, call), call)
     as_base64 = req.encoding_format == "base64"
     data = [
         {"object": "embedding", "index": i, "embedding": to_base64(row) if as_base64 else row}

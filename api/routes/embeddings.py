@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
 
 from api import pipeline
 from api.body import json_body
+from api.call import current
 from api.render import embeddings_body, json_response
 from api.services import services
+from api.sync_calls import embed_now
 from common.schemas import parse_request
 
 bp = Blueprint("embeddings", __name__)
@@ -17,9 +19,9 @@ bp = Blueprint("embeddings", __name__)
 def create_embeddings() -> Response:
     svc = services()
     req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
-    prep = pipeline.prepare(svc, req)
-    outcome = pipeline.embed_now(svc, prep, policy)
+    call = current()
+    prep = pipeline.prepare(svc, req, call)
+    outcome = embed_now(prep, call)
     body = embeddings_body(
         outcome.model, outcome.matrix, outcome.prompt_tokens, prep.encoding_format
     )

@@ -11,7 +11,7 @@ import time
 import redis
 from flask import Blueprint, Response, jsonify
 
-from api.pipeline import pick_queue
+from api.dispatch import pick_queue
 from api.routes.models import model_entry, provider_states
 from api.services import services
 from common.queueing import ALL_QUEUES, QueueName

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, request, send_file, url_for
 
 from api import auth, indexing, results
 from api.auth import owner, owner_filter
+from api.call import current
 from api.render import iso, json_response
 from api.services import services
 from api.uploads import read_upload
@@ -62,7 +63,7 @@ def create_index_job() -> Response:
     svc = services()
     upload = read_upload(svc.settings, lambda options: indexing.check_sink(svc, options.sink))
     with upload.spool:
-        job_id = indexing.submit(svc, upload, owner(), request.headers.get("Cache-Control"))
+        job_id = indexing.submit(svc, upload, current(), request.headers.get("Cache-Control"))
     body = {"id": job_id, "status": "queued", "documents": upload.valid,
             "rejected": len(upload.rejected), **_urls(job_id)}  # fmt: skip
     return json_response(body, 202, headers={"Location": body["status_url"]})

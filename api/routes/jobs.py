@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, url_for
 
 from api import pipeline
 from api.auth import owner_filter
 from api.body import json_body
+from api.call import current
 from api.render import job_body, json_response
 from api.services import services
 from common.schemas import parse_request
@@ -18,8 +19,8 @@ bp = Blueprint("jobs", __name__)
 def create_job() -> Response:
     svc = services()
     req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    policy = pipeline.CachePolicy.from_header(request.headers.get("Cache-Control"))
-    job_id = pipeline.submit(svc, pipeline.prepare(svc, req), policy)
+    call = current()
+    job_id = pipeline.submit(svc, pipeline.prepare(svc, req, call), call)
     status_url = url_for("jobs.get_job", job_id=job_id)
     body = {"id": job_id, "status": "queued", "status_url": status_url}
     return json_response(body, 202, headers={"Location": status_url})

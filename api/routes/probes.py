@@ -12,7 +12,7 @@ from __future__ import annotations
 import redis
 from flask import Blueprint, Response
 
-from api.pipeline import pick_queue
+from api.dispatch import pick_queue
 from api.render import json_response
 from api.services import services
 

@@ -1,0 +1,68 @@
+"""Where new work goes, and how it is sent: one path for sync calls, jobs and index
+batches. `route` checks the provider (configured, breaker closed), picks the queue (gpu
+while a CUDA worker is up) and refuses a queue past MAX_QUEUE_DEPTH; `send` notes the task
+in the ledger (common/ledger.py) and sends it by name (the API never imports workers)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from api.services import Services
+from common import errors, ledger, logs, providers
+from common.breaker import CircuitBreaker
+from common.queueing import QueueName, bulk_lane
+from common.registry import ModelSpec, Provider
+
+
+def pick_queue(svc: Services, spec: ModelSpec) -> str:
+    """Local models go to a GPU worker when one is enabled and online, else to the CPU."""
+    if spec.provider is not Provider.LOCAL or spec.queue != "local":
+        return spec.queue
+    if svc.settings.GPU_ENABLED and any(
+        QueueName.GPU in w.queues and w.device == "cuda" for w in svc.workers()
+    ):
+        return QueueName.GPU
+    return QueueName.CPU
+
+
+def check_provider(svc: Services, spec: ModelSpec) -> None:
+    """Fail fast, queueing nothing, for a remote model whose provider is not configured or
+    whose circuit breaker is open (the worker's breaker, read from Redis)."""
+    if spec.provider is Provider.LOCAL:
+        return
+    providers.require_configured(svc.settings, spec)
+    breaker = CircuitBreaker(
+        svc.redis, spec.provider.value, svc.settings.PROVIDER_BREAKER_FAILURES
+    ).state()
+    if breaker.state == "open":
+        raise breaker.open_error(spec.provider.value)
+
+
+def check_queue(svc: Services, queue: str) -> None:
+    """Refuse new work at once while the queue is deeper than MAX_QUEUE_DEPTH."""
+    depth = int(svc.redis.llen(queue))
+    if depth > svc.settings.MAX_QUEUE_DEPTH:
+        raise errors.QueueFull(
+            f"the {queue!r} queue holds {depth} waiting tasks (limit "
+            f"{svc.settings.MAX_QUEUE_DEPTH}); retry later or add workers",
+            retry_after=5,
+        )
+
+
+def route(svc: Services, spec: ModelSpec, bulk: bool = False) -> str:
+    """The queue for new work of `spec` (`bulk`: index batches go to its bulk lane, which
+    is the one checked for depth), or the error that refuses it now."""
+    check_provider(svc, spec)
+    queue = pick_queue(svc, spec)
+    check_queue(svc, bulk_lane(queue) if bulk else queue)
+    return queue
+
+
+def send(svc: Services, name: str, task: BaseModel, work: ledger.Note, summary: str) -> None:
+    """Note the task in the ledger, then send it by name to the note's queue under the
+    note's task id; `summary` stands in for its arguments in logs and Flower."""
+    entry = ledger.note(svc.redis, work)
+    payload = task.model_copy(update={"ledger": entry}).model_dump()
+    svc.celery.send_task(
+        name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)
+    )
