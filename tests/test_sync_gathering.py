@@ -57,14 +57,13 @@ def test_concurrent_calls_share_tasks_and_keep_their_own_vectors(
         again = alone.post("/api/v1/embeddings", json=body, headers={"Cache-Control": "no-store"})
         expected = np.array([row["embedding"] for row in again.get_json()["data"]])
         np.testing.assert_allclose(mine, expected, atol=1e-5)
-        assert answer.get_json()["usage"]["prompt_tokens"] == again.get_json()["usage"][
-            "prompt_tokens"
-        ]
+        assert (
+            answer.get_json()["usage"]["prompt_tokens"]
+            == again.get_json()["usage"]["prompt_tokens"]
+        )
 
 
-def test_members_of_a_shared_job_poll_and_cancel_alone(
-    settings: Settings, tmp_path: Path
-) -> None:
+def test_members_of_a_shared_job_poll_and_cancel_alone(settings: Settings, tmp_path: Path) -> None:
     """On a queue no worker consumes, gathered calls time out (504) with their members'
     ids: each polls as its own job, and the shared job is cancelled with its last member."""
     app = create_app(held_settings(settings, tmp_path, SYNC_GATHER_MS=300))
