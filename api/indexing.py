@@ -154,7 +154,7 @@ def start_job(
     spec = known_dimensions(svc, spec)
     metrics.note_model(spec)
     queue = route(svc, spec, bulk=True)
-    storage.admit(svc, call.owner, size, "the upload")
+    storage.admit(svc, call.owner, size, "the upload", key=call.key)
     job_id = svc.index_jobs.create(spec.name, queue, call.owner, spec.dimensions,  # type: ignore[arg-type]
                                    chunking_info, sink)  # fmt: skip
     logs.bind(job_id=job_id)

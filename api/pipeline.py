@@ -118,7 +118,7 @@ def admit(svc: Services, prep: Prepared, call: Call) -> tuple[str, Hold | None]:
     queue = dispatch.route(svc, prep.spec)
     quotas.charge(svc, call.key, prep.spec.name, sum(prep.tokens))
     held = storage.admit(svc, call.owner, text_bytes(prep.texts), "the request's texts",
-                         item=storage.new_item())  # fmt: skip
+                         key=call.key, item=storage.new_item())  # fmt: skip
     return queue, held
 
 

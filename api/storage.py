@@ -11,6 +11,7 @@ import redis
 
 from api.services import Services
 from common import storage
+from common.api_keys import ApiKey
 from common.errors import InsufficientStorage, PayloadTooLarge, QueueFull
 from common.settings import Settings
 
@@ -44,23 +45,27 @@ def check_room(client: redis.Redis, max_fill: float, size: int = 0) -> None:
     _room[pool] = (time.monotonic(), ROOM_SHARE * room - size)
 
 
-def quota(settings: Settings, owner: str) -> int:
-    """Bytes `owner` may hold in Redis (its files and queued texts). One figure for every
-    key for now: STORAGE_BYTES_PER_KEY; a key record's own limit can be returned here."""
-    return settings.STORAGE_BYTES_PER_KEY
+def quota(settings: Settings, key: ApiKey | None) -> tuple[str, int]:
+    """What its owner may hold in Redis (files and queued texts), and the limit's name:
+    the key's own `storage_bytes`, else STORAGE_BYTES_PER_KEY."""
+    if key is not None and key.limits.storage_bytes is not None:
+        return "this key's storage_bytes", key.limits.storage_bytes
+    return "STORAGE_BYTES_PER_KEY", settings.STORAGE_BYTES_PER_KEY
 
 
 def admit(
-    svc: Services, owner: str, size: int, what: str, *, queued: bool = True,
-    item: str | None = None, checked: bool = True, ttl_seconds: float | None = None,
+    svc: Services, owner: str, size: int, what: str, *, key: ApiKey | None = None,
+    queued: bool = True, item: str | None = None, checked: bool = True,
+    ttl_seconds: float | None = None,
 ) -> storage.Hold | None:  # fmt: skip
     """Refuse `what` (`size` bytes) if a limit would not take it now or ever; with `item`,
     hold the bytes under it (`queued`: a task's texts, released when a worker takes it;
-    else a file's) for at most `ttl_seconds` (JOB_TTL_SECONDS). `checked=False` holds
-    without a check: the rest of an upload that was admitted whole."""
+    else a file's) for at most `ttl_seconds` (JOB_TTL_SECONDS). `key`: the owner's key, for
+    its own storage limit. `checked=False` holds without a check: the rest of an upload
+    that was admitted whole."""
     settings = svc.settings
     buckets = storage.task_buckets(owner) if queued else [storage.owner_bucket(owner)]
-    named = [("STORAGE_BYTES_PER_KEY", quota(settings, owner))]
+    named = [quota(settings, key)]
     if queued:
         named.append(("MAX_QUEUED_BYTES", settings.MAX_QUEUED_BYTES))
     if checked:

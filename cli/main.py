@@ -185,6 +185,8 @@ def _limit_options(command):  # type: ignore[no-untyped-def]
         click.option("--tokens-per-day", type=count, default=None, help="A daily quota (UTC)."),
         click.option("--tokens-per-month", type=count, default=None,
                      help="A monthly quota (UTC)."),
+        click.option("--storage-bytes", type=count, default=None,
+                     help="In place of STORAGE_BYTES_PER_KEY: its files and queued texts."),
         click.option("--expires-at", default=None,
                      help="ISO 8601, e.g. 2026-01-31T00:00:00Z (UTC unless it says); then 401."),
     ]  # fmt: skip

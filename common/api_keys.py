@@ -46,6 +46,9 @@ class KeyLimits(BaseModel):
     tokens_per_minute: Annotated[Count, Field(description="Input tokens per UTC minute.")] = None
     tokens_per_day: Annotated[Count, Field(description="Input tokens per UTC day.")] = None
     tokens_per_month: Annotated[Count, Field(description="Input tokens per UTC month.")] = None
+    storage_bytes: Annotated[
+        Count, Field(description="In place of STORAGE_BYTES_PER_KEY: its files and queued texts.")
+    ] = None
     expires_at: Annotated[
         datetime | None,
         Field(description="ISO 8601 (UTC unless it says otherwise) or unix seconds; 401 after."),

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from api.app import create_app
 from cli.redis_server import RedisServer, maxmemory_bytes
 from common import storage
-from common.api_keys import KeyStore
+from common.api_keys import KeyLimits, KeyStore
 from common.settings import Settings, SettingsError, load_settings
 from tests.conftest import held_settings
 
@@ -161,6 +161,25 @@ def test_each_key_has_its_storage_quota(
     job = client.post("/api/v1/jobs", json={"input": spaced(160_000)}, headers=headers)
     assert job.status_code == 202, job.get_data(as_text=True)
     assert storage.used(small, storage.owner_bucket(first.id)) >= 160_000
+
+
+def test_a_key_record_sets_its_own_storage_limit(
+    settings: Settings, tmp_path: Path, small_redis: str, small: redis.Redis
+) -> None:
+    """storage_bytes on a key (embeddings keys create --storage-bytes) in place of
+    STORAGE_BYTES_PER_KEY, for that key only."""
+    app = app_on(settings, tmp_path, small_redis, STORAGE_BYTES_PER_KEY=300_000,
+                 AUTH_REQUIRED=True)  # fmt: skip
+    client = app.test_client()
+    keystore = KeyStore(small)
+    _, small_token = keystore.create("small", limits=KeyLimits(storage_bytes=100_000))
+    _, plain_token = keystore.create("plain")
+    assert upload_file(client, 60_000, small_token, tag="1").status_code == 200
+    refused = upload_file(client, 60_000, small_token, tag="2")
+    assert refused.status_code == 507, refused.get_data(as_text=True)
+    assert "this key's storage_bytes (100000)" in refused.get_json()["error"]["message"]
+    for tag in ("1", "2"):  # the setting's 300 KB for a key without its own limit
+        assert upload_file(client, 60_000, plain_token, tag=tag).status_code == 200
 
 
 def test_a_worker_taking_the_task_releases_its_bytes(

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from api import indexing, storage
-from api.auth import owner
+from api.auth import caller_key, owner
 from api.body import json_body
 from api.call import CachePolicy, current
 from api.fronts.batch_store import BatchStore, FileStore, new_batch_id, new_file_id
@@ -71,7 +71,9 @@ def create_file() -> Response:
     if len(content) > limit:
         raise too_large
     file_id = new_file_id()
-    storage.admit(svc, owner(), len(content), "the file", queued=False, item=file_id)
+    storage.admit(
+        svc, owner(), len(content), "the file", key=caller_key(), queued=False, item=file_id
+    )
     files, _ = _stores(svc)
     meta = files.create(content, upload.filename or "file", purpose, owner(), file_id)
     return json_response(meta)
