@@ -14,10 +14,9 @@ import orjson
 from api import metrics, quotas, storage
 from api.call import CachePolicy, Call
 from api.dispatch import route, send
-from api.pipeline import known_dimensions
 from api.services import Services
 from api.uploads import Upload
-from common import chunking, ledger, logs
+from common import chunking, dimensions, ledger, logs
 from common.cache import entry_keys
 from common.errors import InvalidRequest
 from common.queueing import INDEX_BATCH_TASK, bulk_lane, send_index_finish
@@ -151,7 +150,7 @@ def start_job(
     spec = svc.registry.get(model)
     call.check_model(spec.name)
     quotas.charge(svc, call.key, spec.name, 1, mode="check")
-    spec = known_dimensions(svc, spec)
+    spec = dimensions.known(svc.redis, spec)
     metrics.note_model(spec)
     queue = route(svc, spec, bulk=True)
     storage.admit(svc, call.owner, size, "the upload", key=call.key)

@@ -11,7 +11,7 @@ import numpy as np
 from api import dispatch, metrics, quotas, storage
 from api.call import Call
 from api.services import Services
-from common import errors, ledger, logs, providers
+from common import dimensions, errors, ledger, logs
 from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK
 from common.registry import ModelSpec
@@ -42,7 +42,7 @@ def prepare(svc: Services, request: EmbeddingRequest, call: Call) -> Prepared:
     texts when truncate is false."""
     spec = svc.registry.get(request.model)
     call.check_model(spec.name)
-    spec = providers.with_dimensions(svc.redis, spec)
+    spec = dimensions.filled_in(svc.redis, spec)
     texts = bounded(spec, request.texts, request.truncate)
     lengths = token_lengths(spec.tokenizer_file(), texts)
     if not request.truncate:
@@ -53,7 +53,7 @@ def prepare(svc: Services, request: EmbeddingRequest, call: Call) -> Prepared:
                     "(send truncate: true to cut it)",
                     param=f"input[{i}]",
                 )
-    check_dimensions(spec, request.dimensions)
+    dimensions.check(spec, request.dimensions)
     tokens = [min(n, spec.max_tokens) for n in lengths]
     metrics.note_model(spec, sum(tokens), len(texts))
     return Prepared(spec, texts, tokens, request.options, request.encoding_format)
@@ -77,34 +77,6 @@ def bounded(spec: ModelSpec, texts: list[str], truncate: bool) -> list[str]:
             )
         out[i] = text[:end]
     return out
-
-
-def check_dimensions(spec: ModelSpec, wanted: int | None) -> None:
-    """Fewer dimensions only where the model supports them; never more than it has."""
-    if wanted is None or wanted == spec.dimensions:
-        return
-    if not spec.supports_dimensions:
-        raise errors.InvalidRequest(
-            f"dimensions: {spec.name} does not support choosing dimensions "
-            f"(it always gives {spec.dimensions or 'its own number of'})",
-            param="dimensions",
-        )
-    if spec.dimensions is not None and wanted > spec.dimensions:
-        raise errors.InvalidRequest(
-            f"dimensions: {spec.name} has {spec.dimensions}; ask for at most that",
-            param="dimensions",
-        )
-
-
-def known_dimensions(svc: Services, spec: ModelSpec) -> ModelSpec:
-    """The spec with its dimensions, registered or learned; 409 while nobody knows them."""
-    spec = providers.with_dimensions(svc.redis, spec)
-    if spec.dimensions is None:
-        raise errors.Conflict(
-            f"the dimensions of {spec.name!r} are not known yet: embed one text with it first, "
-            "or give its dimensions in the model registry",
-        )
-    return spec
 
 
 def cache_keys(svc: Services, prep: Prepared, call: Call) -> list[str]:

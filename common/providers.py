@@ -52,36 +52,6 @@ def pull_hint(target: str) -> str:
     return f"it is not pulled into Ollama: run `ollama pull {target}` on the Ollama server"
 
 
-# --- learned dimensions -------------------------------------------------------------------
-
-
-def learned_dimensions(client: redis.Redis, model: str) -> int | None:
-    raw = client.get(keys.model_dimensions(model))
-    return int(raw) if raw else None
-
-
-def learn_dimensions(client: redis.Redis, model: str, dimensions: int, ttl_seconds: int) -> int:
-    """Keep the first answer's dimensions (the first writer wins); return what is stored.
-
-    They live as long as cached vectors do (CACHE_TTL_SECONDS), so a model replaced under
-    the same name is learned afresh once its old vectors are gone.
-    """
-    key = keys.model_dimensions(model)
-    with client.pipeline(transaction=False) as pipe:
-        pipe.set(key, dimensions, nx=True, ex=ttl_seconds)
-        pipe.get(key)
-        _, stored = pipe.execute()
-    return int(stored or dimensions)
-
-
-def with_dimensions(client: redis.Redis, spec: ModelSpec) -> ModelSpec:
-    """The spec with its learned dimensions filled in, where the registry left them out."""
-    if spec.dimensions is not None:
-        return spec
-    learned = learned_dimensions(client, spec.name)
-    return spec.model_copy(update={"dimensions": learned}) if learned else spec
-
-
 # --- call outcomes and the breaker ---------------------------------------------------------
 
 

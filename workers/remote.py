@@ -17,7 +17,7 @@ import time
 import numpy as np
 import redis
 
-from common import providers
+from common import dimensions, providers
 from common.errors import ModelNotFound, ProviderError, UpstreamError
 from common.registry import ModelSpec, Provider, Registry
 from common.settings import Settings
@@ -101,7 +101,7 @@ class RemoteModels:
                 distinct.append(text)
                 lengths.append(n)
         limit = min(provider.max_inputs, spec.batch_size or provider.max_inputs)
-        expected = spec.dimensions or providers.learned_dimensions(self.redis, spec.name)
+        expected = spec.dimensions or dimensions.learned(self.redis, spec.name)
         parts: list[np.ndarray] = []
         for part in plan_calls(lengths, limit, provider.max_request_tokens):
             batch = distinct[part]
@@ -122,9 +122,7 @@ class RemoteModels:
             raise UpstreamError(name, f"answered {len(matrix)} vectors for {count} inputs")
         got = int(matrix.shape[1])
         if expected is None:
-            expected = providers.learn_dimensions(
-                self.redis, spec.name, got, self.settings.CACHE_TTL_SECONDS
-            )
+            expected = dimensions.learn(self.redis, spec.name, got, self.settings.CACHE_TTL_SECONDS)
         if got != expected:
             source = "the registry says" if spec.dimensions else "its earlier answers had"
             raise UpstreamError(

@@ -23,17 +23,20 @@ from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
 from common.sinks import Sink, SinkError, load_sinks, open_sink
 from workers.batcher import Batcher
+from workers.embedders import Batched, Embedder, Remote
 from workers.metrics import BatchHooks
 from workers.remote import RemoteModels
 from workers.stats import BatchRecorder
 
 log = logging.getLogger(__name__)
 
-PASS_OVERHEAD_TOKENS = {"cpu": 48, "cuda": 4096}
-"""The fixed cost of one forward pass, in padded tokens (workers/batcher.plan_passes).
-Measured on 2 CPU cores (torch, all-MiniLM-L6-v2): a pass costs about 4.5 ms plus 0.1 ms
-per padded token, so passes are cut where lengths jump. On a GPU launches dominate and
-padding is nearly free, so passes stay full (an estimate: no GPU was at hand to measure)."""
+PASS_OVERHEAD_TOKENS = {"torch": 48, "onnx": 17, "onnx-int8": 17, "debug": 1, "cuda": 4096}
+"""The fixed cost of one forward pass, in padded tokens (workers/batcher.plan_passes), per
+backend. Measured on 2 CPU cores with all-MiniLM-L6-v2: torch costs about 4.5 ms a pass
+plus 0.1 ms per padded token (48 tokens), ONNX Runtime about 17 tokens' worth; so passes
+are cut where lengths jump. On a GPU launches dominate and padding is nearly free, so
+passes stay full (an estimate: no GPU was at hand to measure). The debug backend runs no
+pass at all."""
 
 
 @dataclass
@@ -105,6 +108,12 @@ class WorkerRuntime:
             if spec.enabled and spec.provider is Provider.LOCAL and self.receives(spec):
                 self.batcher(spec)
 
+    def embedder(self, spec: ModelSpec) -> Embedder:
+        """What embeds `spec`'s texts in this worker: its batcher, or its provider."""
+        if spec.provider is Provider.LOCAL:
+            return Batched(self.batcher(spec))
+        return Remote(self.remote, spec)
+
     def batcher(self, spec: ModelSpec) -> Batcher:
         with self._lock:
             if spec.name not in self.batchers:
@@ -152,7 +161,7 @@ class WorkerRuntime:
             batch_size=spec.batch_size or self.settings.BATCH_SIZE,
             max_tokens=self.settings.MAX_BATCH_TOKENS,
             wait_s=self.settings.BATCH_WAIT_MS / 1000,
-            overhead_tokens=PASS_OVERHEAD_TOKENS["cpu" if self.device == "cpu" else "cuda"],
+            overhead_tokens=PASS_OVERHEAD_TOKENS["cuda" if self.device == "cuda" else backend],
             bulk_tokens=self.settings.BULK_PASS_TOKENS,
             on_pass=hooks.on_pass,
             on_collection=hooks.on_collection,

@@ -12,10 +12,9 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject
 
-from common import ledger, storage
+from common import dimensions, ledger, storage
 from common.errors import DeadlineExceeded, ServiceError
 from common.queueing import EMBED_TASK
-from common.registry import Provider
 from common.schemas import EmbedTask
 from common.vectors import normalize, unpack_row
 from workers import metrics, runtime
@@ -44,8 +43,7 @@ def compute(task: EmbedTask, bulk: bool = False) -> np.ndarray:
     rt = runtime.current()
     spec = rt.registry.get(task.model)
     wanted = task.options.dimensions
-    if wanted and spec.provider is not Provider.LOCAL:  # the provider shortens them itself
-        spec = spec.model_copy(update={"dimensions": wanted})
+    spec = dimensions.as_asked(spec, wanted)
     keys = task.cache_keys
     cached = rt.cache.get_many(keys) if keys and task.cache_read else [None] * len(task.texts)
     misses = [i for i, value in enumerate(cached) if value is None]
@@ -54,12 +52,8 @@ def compute(task: EmbedTask, bulk: bool = False) -> np.ndarray:
     ]
     if misses:
         texts, tokens = [task.texts[i] for i in misses], [task.tokens[i] for i in misses]
-        if spec.provider is Provider.LOCAL:
-            computed = rt.batcher(spec).submit(texts, tokens, bulk).result()
-        else:  # Ollama, OpenAI: called from this thread, no batcher
-            computed = rt.remote.embed(spec, texts, tokens, task.options.truncate)
-        if wanted and computed.shape[1] > wanted:  # Matryoshka: cut, then re-normalize
-            computed = computed[:, :wanted]
+        computed = rt.embedder(spec).embed(texts, tokens, task.options.truncate, bulk)
+        computed = dimensions.cut(computed, wanted)
         if task.options.normalize:
             computed = normalize(computed)
         for i, row in zip(misses, computed, strict=True):

@@ -22,15 +22,15 @@ from api.body import json_body
 from api.call import CachePolicy, current
 from api.fronts.batch_store import BatchStore, FileStore, new_batch_id, new_file_id
 from api.fronts.openai import native_body, use_openai_errors
-from api.pipeline import bounded, check_dimensions
+from api.pipeline import bounded
 from api.render import json_response
 from api.services import Services, services
-from common import errors
+from common import dimensions, errors
 from common.jobs import JobStatus
 from common.schemas import EmbeddingRequest, EmbedOptions, parse_request
 from common.storage import text_bytes
 from common.tokenization import token_lengths
-from common.vectors import normalize, to_base64, unpack
+from common.vectors import to_base64, unpack
 
 ENDPOINT = "/v1/embeddings"
 MAX_REPORTED_ERRORS = 100
@@ -126,7 +126,7 @@ def _validate(svc: Services, content: bytes) -> tuple[dict[str, EmbeddingRequest
             custom_id, req = _parse_line(svc, raw)
             if custom_id in requests:
                 raise errors.InvalidRequest(f"duplicate custom_id {custom_id!r}", "custom_id")
-            check_dimensions(svc.registry.get(req.model), req.dimensions)
+            dimensions.check(svc.registry.get(req.model), req.dimensions)
             requests[custom_id] = req
         except (errors.ServiceError, ValidationError) as error:
             problems.append(_line_error(number, getattr(error, "message", str(error)),
@@ -223,9 +223,7 @@ def _output_line(custom_id: str, body: dict | None, error: dict | None) -> bytes
 
 
 def _render(model: str, vectors: np.ndarray, detail: dict) -> dict:
-    wanted = detail.get("dimensions")
-    if wanted and wanted < vectors.shape[1]:
-        vectors = normalize(vectors[:, :wanted])
+    vectors = dimensions.cut(vectors, detail.get("dimensions"))
     as_base64 = detail.get("encoding_format") == "base64"
     data = [{"object": "embedding", "index": i, "embedding": to_base64(v) if as_base64 else v}
             for i, v in enumerate(vectors)]  # fmt: skip

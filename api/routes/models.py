@@ -7,7 +7,7 @@ from flask import Blueprint
 
 from api import auth
 from api.services import Services, services
-from common import providers
+from common import dimensions, providers
 from common.registry import ModelSpec, Provider
 
 bp = Blueprint("models", __name__)
@@ -29,7 +29,7 @@ def model_entry(
     if spec.provider in providers.REMOTE:
         state = (states or provider_states(svc))[spec.provider]
         reason = providers.unavailable_reason(spec, state)
-        spec = providers.with_dimensions(svc.redis, spec)
+        spec = dimensions.filled_in(svc.redis, spec)
     if reason is None and not any(spec.name in w.models for w in svc.workers()):
         reason = f"no worker on the {spec.queue!r} queue serves it"
     return {
