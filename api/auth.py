@@ -21,7 +21,7 @@ from typing import Literal
 from flask import Flask, Response, current_app, g, request
 
 from api.services import Services, services
-from common import api_keys, keys
+from common import api_keys, redis_keys
 from common.api_keys import ApiKey, KeyStore
 from common.errors import Forbidden, TooManyRequests, Unauthorized
 from common.rate_limit import Decision, FailureWindow, RateLimiter
@@ -81,7 +81,7 @@ def _identify(gate: Gate, presented: str) -> ApiKey:
     parsed = api_keys.parse(presented)
     with services().redis.pipeline(transaction=False) as pipe:
         gate.failures.read_in(pipe, address)
-        pipe.hget(keys.API_KEYS, parsed[0] if parsed else "")
+        pipe.hget(redis_keys.API_KEYS, parsed[0] if parsed else "")
         count, ttl_ms, raw = pipe.execute()
     wait = gate.failures.blocked(count, ttl_ms)
     if wait is not None:
@@ -116,7 +116,7 @@ def _check() -> None:
         g.owner, caller = OPEN_OWNER, f"ip:{request.remote_addr}"
     g.key = key
     limiter = gate.limiter_for(key)
-    decision = _admit(limiter, keys.rate_bucket(caller))
+    decision = _admit(limiter, redis_keys.rate_bucket(caller))
     g.rate_headers = decision.headers()
     if not decision.allowed:
         whose = "this key's" if limiter is not gate.limiter else "the"

@@ -41,7 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from api.services import Services, services
-from common import keys, logs
+from common import logs, redis_keys
 from common.jobs import ACTIVE, JobStatus
 from common.providers import REMOTE
 from common.queueing import ALL_QUEUES
@@ -172,11 +172,11 @@ class RedisCollector(Collector):
                 self.svc.cache.send_unsent_hits(pipe)  # before the figures are read
                 for queue in ALL_QUEUES:
                     pipe.llen(queue)
-                pipe.hgetall(keys.JOB_STATS)
-                pipe.hgetall(keys.CACHE_STATS)
+                pipe.hgetall(redis_keys.JOB_STATS)
+                pipe.hgetall(redis_keys.CACHE_STATS)
                 pipe.info("memory")
                 for provider in REMOTE:
-                    pipe.pttl(keys.breaker(provider.value, "open"))
+                    pipe.pttl(redis_keys.breaker(provider.value, "open"))
                 asked = len(ALL_QUEUES) + 3 + len(REMOTE)
                 answers = pipe.execute()[-asked:]
             workers = self.svc.workers()

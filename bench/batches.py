@@ -1,4 +1,4 @@
-"""The batches the worker really formed: its Redis stats hash (workers/stats.py), reset
+"""The batches the worker really formed: its Redis stats hash (workers/batch_stats.py), reset
 before and read after every run of a scenario, summed per scenario."""
 
 from __future__ import annotations

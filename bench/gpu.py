@@ -40,7 +40,7 @@ import raw_encode
 from batches import BatchLog
 from cli.redis_server import free_port
 from clients import NO_STORE, async_job, run_clients, warm_up
-from common import keys
+from common import redis_keys
 from local_stack import MANY_CLIENTS_ENV, MODEL, LocalService
 from report import Bar, Figures, Row, finish, table
 from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positive, run
@@ -101,7 +101,7 @@ def raw_figures(run: Run) -> np.ndarray:
 
 
 def worker_record(stack: LocalService) -> dict[str, Any]:
-    for raw in stack.client.hvals(keys.WORKERS):
+    for raw in stack.client.hvals(redis_keys.WORKERS):
         info = json.loads(raw)
         if info.get("pid") == stack.worker_pid:
             return info
@@ -122,7 +122,7 @@ def job_queue(stack: LocalService) -> str:
     body = orjson.dumps({"model": MODEL, "input": "which queue?"})
     answer = requests.post(f"{stack.url}/api/v1/jobs", data=body, headers=NO_STORE, timeout=30)
     job_id = answer.json()["id"]
-    return (stack.client.hget(keys.job(job_id), "queue") or b"").decode()
+    return (stack.client.hget(redis_keys.job(job_id), "queue") or b"").decode()
 
 
 def gpu_memory(metrics_url: str) -> dict[str, float]:

@@ -27,7 +27,7 @@ import requests
 
 from cli.processes import spawn
 from cli.redis_server import RedisServer, free_port
-from common import keys
+from common import redis_keys
 from common.registry import BUILTIN_MODELS_FILE, ModelSpec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,7 +241,7 @@ class LocalService:
         while time.monotonic() < deadline:
             if worker.poll() is not None or (self.api and self.api.poll() is not None):
                 raise RuntimeError(f"a service process exited at start\n{self.log_tails()}")
-            for raw in self.client.hvals(keys.WORKERS):
+            for raw in self.client.hvals(redis_keys.WORKERS):
                 info = json.loads(raw)
                 if info.get("pid") == worker.pid and MODEL in info.get("models", []):
                     return
@@ -270,11 +270,12 @@ class LocalService:
         return "\n".join(out)
 
     def reset_batches(self) -> None:
-        """Clear the worker's batch counters (workers/stats.py)."""
-        self.client.delete(keys.batch_stats(MODEL))
+        """Clear the worker's batch counters (workers/batch_stats.py)."""
+        self.client.delete(redis_keys.batch_stats(MODEL))
 
     def read_batches(self) -> Counter[str]:
-        raw = self.client.hgetall(keys.batch_stats(MODEL))
+        time.sleep(0.3)  # the worker writes its figures within 0.1 s (workers/batch_stats.py)
+        raw = self.client.hgetall(redis_keys.batch_stats(MODEL))
         return Counter({k.decode(): float(v) for k, v in raw.items()})
 
     def stop(self) -> None:

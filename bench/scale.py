@@ -42,7 +42,7 @@ import pyarrow.dataset as ds
 import requests
 
 import raw_encode
-from common import keys
+from common import redis_keys
 from common.chunking import split
 from common.index_jobs import PARTS
 from local_stack import MANY_CLIENTS_ENV, LocalService, model_spec
@@ -166,22 +166,22 @@ class Outcome:
 def held_tags(service: LocalService) -> set[bytes]:
     """The delivery tags the service's worker held at its last heartbeat."""
     client = service.client
-    for raw in client.hvals(keys.WORKERS):
+    for raw in client.hvals(redis_keys.WORKERS):
         info = json.loads(raw)
         if info.get("pid") == service.worker_pid:
-            held = client.hget(keys.WORKERS_HELD, info["name"])
+            held = client.hget(redis_keys.WORKERS_HELD, info["name"])
             return {tag.encode() for tag in json.loads(held)["tags"]} if held else set()
     return set()
 
 
 def job_records(service: LocalService) -> set[bytes]:
-    return set(service.client.scan_iter(keys.job("*"), count=1000))
+    return set(service.client.scan_iter(redis_keys.job("*"), count=1000))
 
 
 def job_keys_bytes(service: LocalService, job_id: str) -> int:
     """MEMORY USAGE of every key of the job (its hash and its per-batch parts)."""
     client = service.client
-    names = [keys.index_job(job_id), *(keys.index_job_part(job_id, p) for p in PARTS)]
+    names = [redis_keys.index_job(job_id), *(redis_keys.index_job_part(job_id, p) for p in PARTS)]
     return sum(int(client.memory_usage(name) or 0) for name in names)
 
 
@@ -218,9 +218,9 @@ def index(
                 print(f"  SIGKILL the worker at {chunks['done']}/{chunks['total']} chunks")
                 held, killed_at = held_tags(service), time.monotonic()
                 print(f"  a new worker had the model after {service.kill_worker():.1f} s")
-                lost = held & set(service.client.hkeys(keys.KOMBU_UNACKED))
+                lost = held & set(service.client.hkeys(redis_keys.KOMBU_UNACKED))
                 kill_at = None
-            if lost and not lost & set(service.client.hkeys(keys.KOMBU_UNACKED)):
+            if lost and not lost & set(service.client.hkeys(redis_keys.KOMBU_UNACKED)):
                 given_back, lost = time.monotonic() - killed_at, set()
                 print(f"  the dead worker's messages were back on the queue after "
                       f"{given_back:.1f} s")  # fmt: skip

@@ -46,7 +46,7 @@ import raw_encode
 import wrk
 from batches import BatchLog
 from clients import JSON, async_job, run_clients, warm_up
-from common import keys
+from common import redis_keys
 from http_load import check
 from local_stack import MANY_CLIENTS_ENV, MODEL, WORKER, LocalService, model_entry
 from machine import OthersCpu
@@ -90,9 +90,9 @@ class CacheHits:
                 raise RuntimeError(f"a primed request was no cache hit: {answer.headers}")
 
     def run(self, seconds: int, connections: int, threads: int) -> dict[str, float]:
-        before = int(self.stack.client.hget(keys.CACHE_STATS, "hits") or 0)
+        before = int(self.stack.client.hget(redis_keys.CACHE_STATS, "hits") or 0)
         found = wrk.run(self.url, self.script, seconds, connections, threads)
-        hits = int(self.stack.client.hget(keys.CACHE_STATS, "hits") or 0) - before
+        hits = int(self.stack.client.hget(redis_keys.CACHE_STATS, "hits") or 0) - before
         found["hit_requests"] = hits / self.texts
         if found["non_2xx"] or found["socket_errors"]:
             print(

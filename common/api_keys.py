@@ -21,7 +21,7 @@ import orjson
 import redis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from common import keys
+from common import redis_keys
 
 PREFIX = "emb_"
 Role = Literal["admin", "client"]
@@ -144,8 +144,8 @@ class KeyStore:
         key = ApiKey(secrets.token_hex(6), name, time.time(), role, limits or KeyLimits())
         secret = secrets.token_urlsafe(32)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.API_KEYS, key.id, key.record(_digest(secret)))
-            pipe.set(keys.AUTH_ON, 1)
+            pipe.hset(redis_keys.API_KEYS, key.id, key.record(_digest(secret)))
+            pipe.set(redis_keys.AUTH_ON, 1)
             pipe.execute()
         return key, f"{PREFIX}{key.id}_{secret}"
 
@@ -154,7 +154,7 @@ class KeyStore:
         pydantic's ValidationError for bad values."""
 
         def change(pipe: redis.client.Pipeline) -> ApiKey | None:
-            raw = pipe.hget(keys.API_KEYS, key_id)
+            raw = pipe.hget(redis_keys.API_KEYS, key_id)
             if raw is None:
                 return None
             old = ApiKey.from_record(raw)
@@ -162,28 +162,28 @@ class KeyStore:
             new = ApiKey(old.id, old.name, old.created_at, old.role,
                          KeyLimits.model_validate(merged))  # fmt: skip
             pipe.multi()
-            pipe.hset(keys.API_KEYS, key_id, new.record(orjson.loads(raw)["hash"]))
+            pipe.hset(redis_keys.API_KEYS, key_id, new.record(orjson.loads(raw)["hash"]))
             return new
 
-        return self.redis.transaction(change, keys.API_KEYS, value_from_callable=True)
+        return self.redis.transaction(change, redis_keys.API_KEYS, value_from_callable=True)
 
     def revoke(self, key_id: str) -> bool:
         """The key's calls fail from now on; auth stays on (the marker stays)."""
-        return bool(self.redis.hdel(keys.API_KEYS, key_id))
+        return bool(self.redis.hdel(redis_keys.API_KEYS, key_id))
 
     def get(self, key_id: str) -> ApiKey | None:
-        raw = self.redis.hget(keys.API_KEYS, key_id)
+        raw = self.redis.hget(redis_keys.API_KEYS, key_id)
         return ApiKey.from_record(raw) if raw else None
 
     def list(self) -> list[ApiKey]:
-        found = (ApiKey.from_record(raw) for raw in self.redis.hvals(keys.API_KEYS))
+        found = (ApiKey.from_record(raw) for raw in self.redis.hvals(redis_keys.API_KEYS))
         return sorted(found, key=lambda k: k.created_at)
 
     def auth_on(self) -> bool:
         """Whether a key was ever made here (keys from before the marker count too)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.AUTH_ON)
-            pipe.hlen(keys.API_KEYS)
+            pipe.exists(redis_keys.AUTH_ON)
+            pipe.hlen(redis_keys.API_KEYS)
             marked, count = pipe.execute()
         return bool(marked or count)
 
@@ -192,4 +192,4 @@ class KeyStore:
         parsed = parse(presented)
         if parsed is None:
             return None
-        return check(self.redis.hget(keys.API_KEYS, parsed[0]), parsed[1])
+        return check(self.redis.hget(redis_keys.API_KEYS, parsed[0]), parsed[1])

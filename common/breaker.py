@@ -3,7 +3,7 @@ worker shares it, the API can fail fast before queueing, and /health can show it
 
 Closed -> open after `failures_to_open` calls in a row ended in an outage -> after
 `open_seconds`, half-open: one trial call goes through; if it succeeds the breaker closes,
-if not it opens again. Keys: keys.breaker(provider, "failures" | "open" | "trial").
+if not it opens again. Keys: redis_keys.breaker(provider, "failures" | "open" | "trial").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Literal
 
 import redis
 
-from common import keys
+from common import redis_keys
 from common.errors import ProviderUnavailable
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ class CircuitBreaker:
         self.open_ms = max(1, int(open_seconds * 1000))
         # A trial whose worker died must not block the provider for ever.
         self.trial_ms = max(1, int(trial_seconds * 1000))
-        self._failures = keys.breaker(provider, "failures")
-        self._open = keys.breaker(provider, "open")
-        self._trial = keys.breaker(provider, "trial")
+        self._failures = redis_keys.breaker(provider, "failures")
+        self._open = redis_keys.breaker(provider, "open")
+        self._trial = redis_keys.breaker(provider, "trial")
 
     def state(self) -> BreakerState:
         with self.redis.pipeline(transaction=False) as pipe:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import redis
 
-from common import keys
+from common import redis_keys
 from common.lru import LRU
 from common.registry import ModelSpec
 from common.schemas import EmbedOptions
@@ -48,7 +48,7 @@ def entry_keys(
 ) -> list[str]:  # fmt: skip
     identity = f"{spec.name}\0{spec.revision}\0{spec.dimensions}\0{options.model_dump_json()}"
     prefix = (f"{identity}\0{scope}\0" if scope else identity + "\0").encode()
-    stem = keys.cache_entry_prefix(generations)
+    stem = redis_keys.cache_entry_prefix(generations)
     return [stem + hashlib.blake2b(prefix + t.encode(), digest_size=16).hexdigest() for t in texts]
 
 
@@ -70,9 +70,13 @@ class EmbeddingCache:
         known = self._generations.get((model, scope))
         if epoch is not None and known is not None and known[0] == epoch:
             return known[1]
-        names = [keys.CACHE_EPOCH, keys.CACHE_GENERATION, keys.cache_model_generation(model)]
+        names = [
+            redis_keys.CACHE_EPOCH,
+            redis_keys.CACHE_GENERATION,
+            redis_keys.cache_model_generation(model),
+        ]
         if scope:
-            names.append(keys.cache_scope_generation(scope))
+            names.append(redis_keys.cache_scope_generation(scope))
         read_at, *found = (int(value or 0) for value in self.redis.mget(names))
         generations = (found[0], found[1], found[2] if scope else 0)
         self._generations.put((model, scope), (read_at, generations))
@@ -81,7 +85,7 @@ class EmbeddingCache:
     def read_epoch_in(self, pipe: redis.client.Pipeline) -> None:
         """Queue a read of the clear counter (its reply: epoch_from), then the hits not yet
         in Redis, on the caller's pipeline."""
-        pipe.get(keys.CACHE_EPOCH)
+        pipe.get(redis_keys.CACHE_EPOCH)
         self.send_unsent_hits(pipe)
 
     @staticmethod
@@ -118,7 +122,7 @@ class EmbeddingCache:
             return found
         values = self._lookup(
             keys=[entry_keys[i] for i in missing],
-            args=[keys.CACHE_STATS, local_hits, int(count)],
+            args=[redis_keys.CACHE_STATS, local_hits, int(count)],
         )
         for i, value in zip(missing, values, strict=True):
             found[i] = value or None
@@ -142,7 +146,7 @@ class EmbeddingCache:
         with self._lock:
             hits, self._unsent_hits = self._unsent_hits, 0
         if hits:
-            pipe.hincrby(keys.CACHE_STATS, "hits", hits)
+            pipe.hincrby(redis_keys.CACHE_STATS, "hits", hits)
 
     def remember(self, entry_keys: list[str], packed: Sequence[bytes | None]) -> None:
         """Keep vectors in this process's LRU."""
@@ -166,13 +170,13 @@ class EmbeddingCache:
         with the generations of before.
         """
         if scope:
-            key = keys.cache_scope_generation(scope)
+            key = redis_keys.cache_scope_generation(scope)
         else:
-            key = keys.cache_model_generation(model) if model else keys.CACHE_GENERATION
+            key = redis_keys.cache_model_generation(model) if model else redis_keys.CACHE_GENERATION
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(key)
-            pipe.set(keys.CACHE_EPOCH, secrets.randbits(48), nx=True)
-            pipe.incr(keys.CACHE_EPOCH)
+            pipe.set(redis_keys.CACHE_EPOCH, secrets.randbits(48), nx=True)
+            pipe.incr(redis_keys.CACHE_EPOCH)
             generation = int(pipe.execute()[0])
         if self._local is not None and not scope:
             self._local.clear()
@@ -181,7 +185,7 @@ class EmbeddingCache:
     def stats(self) -> dict[str, float | int]:
         with self.redis.pipeline(transaction=False) as pipe:
             self.send_unsent_hits(pipe)
-            pipe.hgetall(keys.CACHE_STATS)
+            pipe.hgetall(redis_keys.CACHE_STATS)
             raw = pipe.execute()[-1]
         hits, misses = int(raw.get(b"hits", 0)), int(raw.get(b"misses", 0))
         return {

@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from common import errors, keys
+from common import errors, redis_keys
 from common.registry import ModelSpec, Provider
 from common.vectors import normalize
 
 
 def learned(client: redis.Redis, model: str) -> int | None:
-    raw = client.get(keys.model_dimensions(model))
+    raw = client.get(redis_keys.model_dimensions(model))
     return int(raw) if raw else None
 
 
@@ -27,7 +27,7 @@ def learn(client: redis.Redis, model: str, dimensions: int, ttl_seconds: int) ->
     They live as long as cached vectors do (CACHE_TTL_SECONDS), so a model replaced under
     the same name is learned afresh once its old vectors are gone.
     """
-    key = keys.model_dimensions(model)
+    key = redis_keys.model_dimensions(model)
     with client.pipeline(transaction=False) as pipe:
         pipe.set(key, dimensions, nx=True, ex=ttl_seconds)
         pipe.get(key)

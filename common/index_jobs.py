@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import redis
 
-from common import keys
+from common import redis_keys
 from common.errors import JobNotFound
 from common.jobs import JobStatus, new_job_id
 
@@ -217,7 +217,7 @@ class IndexJobStore:
         self._begin = client.register_script(_BEGIN)
 
     def _part(self, job_id: str, part: str) -> str:
-        return keys.index_job_part(job_id, part)
+        return redis_keys.index_job_part(job_id, part)
 
     # The API side: create, plan, finish reading.
 
@@ -233,12 +233,14 @@ class IndexJobStore:
             "chunking": json.dumps(chunking), "sink": sink or "",
         }  # fmt: skip
         with self.redis.pipeline() as pipe:
-            pipe.hset(keys.index_job(job_id), mapping=mapping)
-            pipe.expire(keys.index_job(job_id), self.ttl)
-            for listed in (owner, keys.ALL_OWNERS):
-                pipe.zadd(keys.index_jobs_of(listed), {job_id: now})
-                pipe.expire(keys.index_jobs_of(listed), self.ttl)
-            pipe.zremrangebyscore(keys.index_jobs_of(keys.ALL_OWNERS), "-inf", now - self.ttl)
+            pipe.hset(redis_keys.index_job(job_id), mapping=mapping)
+            pipe.expire(redis_keys.index_job(job_id), self.ttl)
+            for listed in (owner, redis_keys.ALL_OWNERS):
+                pipe.zadd(redis_keys.index_jobs_of(listed), {job_id: now})
+                pipe.expire(redis_keys.index_jobs_of(listed), self.ttl)
+            pipe.zremrangebyscore(
+                redis_keys.index_jobs_of(redis_keys.ALL_OWNERS), "-inf", now - self.ttl
+            )
             pipe.execute()
         return job_id
 
@@ -253,7 +255,7 @@ class IndexJobStore:
             docs = len({row[0] for row in plan})
             for name, amount in (("batches_total", 1), ("chunks_total", len(plan)),
                                  ("docs_total", docs)):  # fmt: skip
-                pipe.hincrby(keys.index_job(job_id), name, amount)
+                pipe.hincrby(redis_keys.index_job(job_id), name, amount)
             for part in ("plan", "metadata"):
                 pipe.expire(self._part(job_id, part), self.ttl)
             pipe.execute()
@@ -265,19 +267,18 @@ class IndexJobStore:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(self._part(job_id, "failed"), mapping=failures)
             pipe.expire(self._part(job_id, "failed"), self.ttl)
-            pipe.hincrby(keys.index_job(job_id), "docs_total", len(failures))
-            pipe.hincrby(keys.index_job(job_id), "docs_failed", len(failures))
+            pipe.hincrby(redis_keys.index_job(job_id), "docs_total", len(failures))
+            pipe.hincrby(redis_keys.index_job(job_id), "docs_failed", len(failures))
             pipe.execute()
 
     def submitted(self, job_id: str) -> Settled:
-        return Settled.of(self._submitted(
-            keys=[keys.index_job(job_id), self._part(job_id, "claims")], args=[repr(time.time())]
-        ))  # fmt: skip
+        claims = [redis_keys.index_job(job_id), self._part(job_id, "claims")]
+        return Settled.of(self._submitted(keys=claims, args=[repr(time.time())]))
 
     def discard(self, job_id: str, owner: str) -> None:
         """Remove a job whose upload was refused."""
-        self.redis.delete(keys.index_job(job_id), *(self._part(job_id, p) for p in PARTS))
-        self.redis.zrem(keys.index_jobs_of(owner), job_id)
+        self.redis.delete(redis_keys.index_job(job_id), *(self._part(job_id, p) for p in PARTS))
+        self.redis.zrem(redis_keys.index_jobs_of(owner), job_id)
 
     # The worker side: start, store, fail.
 
@@ -286,7 +287,7 @@ class IndexJobStore:
         if the job is gone): the batch runs only if it is `running`. Only the attempt
         holding the claim may store or fail it."""
         status = self._begin(
-            keys=[keys.index_job(job_id), self._part(job_id, "claims")],
+            keys=[redis_keys.index_job(job_id), self._part(job_id, "claims")],
             args=[repr(time.time()), batch, attempt],
         )
         return JobStatus(status.decode()) if status else None
@@ -294,9 +295,9 @@ class IndexJobStore:
     def note_sink_error(self, job_id: str, message: str | None) -> None:
         """The sink's last error while its writes are retried (None: it recovered)."""
         if message is None:
-            self.redis.hdel(keys.index_job(job_id), "sink_error")
+            self.redis.hdel(redis_keys.index_job(job_id), "sink_error")
         else:
-            self.redis.hset(keys.index_job(job_id), "sink_error", message)
+            self.redis.hset(redis_keys.index_job(job_id), "sink_error", message)
 
     def holds_claim(self, job_id: str, batch: int, attempt: str) -> bool:
         return self.redis.hget(self._part(job_id, "claims"), str(batch)) == attempt.encode()
@@ -308,7 +309,7 @@ class IndexJobStore:
         """Store a batch's packed rows (or, for a sink job, its marker: `drop_plan` then
         removes its plan too). A stale attempt (see `begin`) changes nothing."""
         return Settled.of(self._store(
-            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
+            keys=[redis_keys.index_job(job_id), self._part(job_id, "vectors"),
                   self._part(job_id, "batch_failed"), self._part(job_id, "claims"),
                   self._part(job_id, "plan")],
             args=[batch, value, chunks, docs, repr(time.time()), attempt, int(drop_plan)],
@@ -319,7 +320,7 @@ class IndexJobStore:
         plan = self.plan(job_id, batch)
         doc_ids = list(dict.fromkeys(str(row[0]) for row in plan))
         return Settled.of(self._fail(
-            keys=[keys.index_job(job_id), self._part(job_id, "vectors"),
+            keys=[redis_keys.index_job(job_id), self._part(job_id, "vectors"),
                   self._part(job_id, "batch_failed"), self._part(job_id, "failed"),
                   self._part(job_id, "claims")],
             args=[batch, reason, len(plan), repr(time.time()), attempt, *doc_ids],
@@ -328,7 +329,7 @@ class IndexJobStore:
     # Reading.
 
     def get(self, job_id: str, owner: str | None = None) -> IndexJob:
-        raw = self.redis.hgetall(keys.index_job(job_id))
+        raw = self.redis.hgetall(redis_keys.index_job(job_id))
         if not raw or (owner is not None and raw.get(b"owner", b"").decode() != owner):
             raise JobNotFound(job_id)
         return IndexJob.from_hash(job_id, raw)
@@ -336,7 +337,8 @@ class IndexJobStore:
     def cancel(self, job_id: str) -> None:
         """No batch starts from now on; `cancelling` until the started ones end."""
         self._cancel(
-            keys=[keys.index_job(job_id), self._part(job_id, "claims")], args=[repr(time.time())]
+            keys=[redis_keys.index_job(job_id), self._part(job_id, "claims")],
+            args=[repr(time.time())],
         )
 
     def plan(self, job_id: str, batch: int) -> list[list[object]]:
@@ -386,9 +388,9 @@ class IndexJobStore:
         return [{"id": k.decode(), "reason": v.decode()} for k, v in list(items.items())[:limit]]
 
     def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
-        """An owner's jobs (keys.ALL_OWNERS: everyone's), newest first, starting after the
+        """An owner's jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting after the
         (created_at, id) cursor."""
-        key = keys.index_jobs_of(owner)
+        key = redis_keys.index_jobs_of(owner)
         top = f"{after[0]!r}" if after else "+inf"
         rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50,
                                            withscores=True)  # fmt: skip

@@ -21,7 +21,7 @@ from enum import StrEnum
 import numpy as np
 import redis
 
-from common import keys, vectors
+from common import redis_keys, vectors
 from common.errors import JobNotFound
 
 DONE_SIGNAL_TTL_SECONDS = 600
@@ -44,7 +44,7 @@ class JobStatus(StrEnum):
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
-# KEYS: job hash, done list, job stats (keys.JOB_STATS). ARGV: new status, allowed current
+# KEYS: job hash, done list, job stats (redis_keys.JOB_STATS). ARGV: new status, allowed current
 # statuses (comma-separated), done-signal TTL (0: no signal), then field/value pairs to set.
 _TRANSITION = """
 local current = redis.call('HGET', KEYS[1], 'status')
@@ -146,10 +146,10 @@ class JobStore:
             mapping["members"] = json.dumps([astuple(m) for m in members])
             mapping["owner"] = ""
         with self.redis.pipeline() as pipe:
-            pipe.hset(keys.job(job_id), mapping=mapping)
-            pipe.expire(keys.job(job_id), self.ttl)
-            pipe.hincrby(keys.JOB_STATS, "created", 1)
-            pipe.hincrby(keys.JOB_STATS, JobStatus.QUEUED.value, 1)
+            pipe.hset(redis_keys.job(job_id), mapping=mapping)
+            pipe.expire(redis_keys.job(job_id), self.ttl)
+            pipe.hincrby(redis_keys.JOB_STATS, "created", 1)
+            pipe.hincrby(redis_keys.JOB_STATS, JobStatus.QUEUED.value, 1)
             pipe.execute()
         return job_id
 
@@ -158,7 +158,7 @@ class JobStore:
         else's."""
         shared_id, _, index = job_id.partition(MEMBER_SEP)
         fields = (*self._FIELDS, "members", f"cancelled:{index}")
-        raw = dict(zip(fields, self.redis.hmget(keys.job(shared_id), fields), strict=True))
+        raw = dict(zip(fields, self.redis.hmget(redis_keys.job(shared_id), fields), strict=True))
         if raw["status"] is None:
             raise JobNotFound(job_id)
         job = Job(
@@ -195,7 +195,7 @@ class JobStore:
         return job
 
     def vectors(self, job: Job) -> np.ndarray:
-        data = self.redis.hget(keys.job(job.id.partition(MEMBER_SEP)[0]), "vectors")
+        data = self.redis.hget(redis_keys.job(job.id.partition(MEMBER_SEP)[0]), "vectors")
         if data is None or job.dimensions is None:
             raise JobNotFound(job.id)
         matrix = vectors.unpack(data, job.dimensions)
@@ -214,7 +214,8 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         result = self._transition(
-            keys=[keys.job(job_id), keys.job_done(job_id), keys.JOB_STATS], args=args
+            keys=[redis_keys.job(job_id), redis_keys.job_done(job_id), redis_keys.JOB_STATS],
+            args=args,
         )
         return result == b"ok"
 
@@ -245,11 +246,13 @@ class JobStore:
             )
         job = self.get(job_id)
         if job.status not in ACTIVE or not self.redis.hsetnx(
-            keys.job(shared_id), f"cancelled:{index}", 1
+            redis_keys.job(shared_id), f"cancelled:{index}", 1
         ):
             return False
-        total = len(json.loads(self.redis.hget(keys.job(shared_id), "members") or "[]"))
-        flags = self.redis.hmget(keys.job(shared_id), [f"cancelled:{i}" for i in range(total)])
+        total = len(json.loads(self.redis.hget(redis_keys.job(shared_id), "members") or "[]"))
+        flags = self.redis.hmget(
+            redis_keys.job(shared_id), [f"cancelled:{i}" for i in range(total)]
+        )
         if all(flags):
             self._move(shared_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time()))
         return True
@@ -259,7 +262,7 @@ class JobStore:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             slice_ = round(max(min(left, WAIT_SLICE_SECONDS), 0.01), 3)  # 0 would block forever
-            if self.redis.blpop([keys.job_done(job_id)], timeout=slice_):
+            if self.redis.blpop([redis_keys.job_done(job_id)], timeout=slice_):
                 break
             if self.get(job_id).status.terminal:  # the signal may have gone to another waiter
                 break

@@ -21,7 +21,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel
 
-from common import keys
+from common import redis_keys
 from common.errors import WorkerLost
 
 SWEEP_SECONDS = 30.0
@@ -74,8 +74,9 @@ def note(client: redis.Redis, work: Note) -> Entry:
     """Before sending a task: its note, and the entry the task carries (its task id)."""
     task_id = str(uuid.uuid4())
     seq = client.eval(
-        _NOTE, 3, keys.LEDGER, keys.LEDGER_TIMES, keys.ledger_sequence(work.queue),
-        task_id, repr(time.time()), work.model_dump_json(),
+        _NOTE, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
+        redis_keys.ledger_sequence(work.queue), task_id, repr(time.time()),
+        work.model_dump_json(),
     )  # fmt: skip
     return Entry(id=task_id, queue=work.queue, seq=int(seq))
 
@@ -83,8 +84,8 @@ def note(client: redis.Redis, work: Note) -> Entry:
 def started(client: redis.Redis, entry: Entry) -> None:
     """At the start of a task: its message is unacked now, so its note goes."""
     client.eval(
-        _STARTED, 3, keys.LEDGER, keys.LEDGER_TIMES, keys.ledger_started(entry.queue),
-        entry.id, entry.seq,
+        _STARTED, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
+        redis_keys.ledger_started(entry.queue), entry.id, entry.seq,
     )  # fmt: skip
 
 
@@ -101,12 +102,12 @@ def _in_queue(client: redis.Redis, queue: str, task_id: bytes) -> bool:
 def turn(client: redis.Redis, seconds: float) -> Iterator[bool]:
     """Whether this worker sweeps now: one sweep at a time over all workers. `seconds`:
     the longest a sweeper that died holds the turn."""
-    mine = bool(client.set(keys.LEDGER_SWEEP_LOCK, "1", nx=True, px=int(seconds * 1000)))
+    mine = bool(client.set(redis_keys.LEDGER_SWEEP_LOCK, "1", nx=True, px=int(seconds * 1000)))
     try:
         yield mine
     finally:
         if mine:
-            client.delete(keys.LEDGER_SWEEP_LOCK)
+            client.delete(redis_keys.LEDGER_SWEEP_LOCK)
 
 
 def sweep(
@@ -118,29 +119,29 @@ def sweep(
 ) -> int:
     """End the work of lost messages (see the module's docstring); returns how many.
     Notes older than `forget_after_s` (their jobs have expired) are dropped unswept."""
-    expired = client.zrangebyscore(keys.LEDGER_TIMES, "-inf", now - forget_after_s)
+    expired = client.zrangebyscore(redis_keys.LEDGER_TIMES, "-inf", now - forget_after_s)
     if expired:
-        client.hdel(keys.LEDGER, *expired)
-        client.zrem(keys.LEDGER_TIMES, *expired)
-    ids = client.zrangebyscore(keys.LEDGER_TIMES, "-inf", now - lost_after_s, 0, SWEEP_BATCH)
+        client.hdel(redis_keys.LEDGER, *expired)
+        client.zrem(redis_keys.LEDGER_TIMES, *expired)
+    ids = client.zrangebyscore(redis_keys.LEDGER_TIMES, "-inf", now - lost_after_s, 0, SWEEP_BATCH)
     if not ids:
         return 0
     unacked: bytes | None = None
     lost = 0
-    for task_id, raw in zip(ids, client.hmget(keys.LEDGER, ids), strict=True):
+    for task_id, raw in zip(ids, client.hmget(redis_keys.LEDGER, ids), strict=True):
         if raw is None:  # started meanwhile
-            client.zrem(keys.LEDGER_TIMES, task_id)
+            client.zrem(redis_keys.LEDGER_TIMES, task_id)
             continue
         seq, _, body = raw.partition(b" ")
         work = Note.model_validate_json(body)
-        if int(seq) > int(client.get(keys.ledger_started(work.queue)) or 0):
+        if int(seq) > int(client.get(redis_keys.ledger_started(work.queue)) or 0):
             continue  # nothing sent after it has started: it is still waiting
         if unacked is None:
-            unacked = b"\n".join(client.hvals(keys.KOMBU_UNACKED))
+            unacked = b"\n".join(client.hvals(redis_keys.KOMBU_UNACKED))
         if task_id in unacked or _in_queue(client, work.queue, task_id):
             continue
         end(work)
-        client.hdel(keys.LEDGER, task_id)
-        client.zrem(keys.LEDGER_TIMES, task_id)
+        client.hdel(redis_keys.LEDGER, task_id)
+        client.zrem(redis_keys.LEDGER_TIMES, task_id)
         lost += 1
     return lost

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from common import keys
+from common import redis_keys
 
 HEARTBEAT_SECONDS = 5.0
 STALE_AFTER_SECONDS = 3 * HEARTBEAT_SECONDS
@@ -26,20 +26,20 @@ class WorkerInfo:
 
 def beat(client: redis.Redis, info: WorkerInfo) -> None:
     payload = asdict(info) | {"seen_at": time.time()}
-    client.hset(keys.WORKERS, info.name, json.dumps(payload))
+    client.hset(redis_keys.WORKERS, info.name, json.dumps(payload))
 
 
 def forget(client: redis.Redis, name: str) -> None:
-    client.hdel(keys.WORKERS, name)
+    client.hdel(redis_keys.WORKERS, name)
 
 
 def online(client: redis.Redis) -> list[WorkerInfo]:
     """Workers heard from recently; stale entries are removed on the way."""
     now = time.time()
     alive, stale = [], []
-    for raw in client.hvals(keys.WORKERS):
+    for raw in client.hvals(redis_keys.WORKERS):
         info = WorkerInfo(**json.loads(raw))
         (alive if now - info.seen_at < STALE_AFTER_SECONDS else stale).append(info)
     if stale:
-        client.hdel(keys.WORKERS, *(info.name for info in stale))
+        client.hdel(redis_keys.WORKERS, *(info.name for info in stale))
     return alive

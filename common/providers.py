@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from common import keys
+from common import redis_keys
 from common.breaker import CircuitBreaker
 from common.errors import ProviderError, ProviderUnavailable, ServiceError, UpstreamTimeout
 from common.registry import ModelSpec, Provider
@@ -63,7 +63,7 @@ def is_outage(error: Exception) -> bool:
 
 
 def record_ok(client: redis.Redis, provider: str) -> None:
-    key = keys.provider_state(provider)
+    key = redis_keys.provider_state(provider)
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(key, "ok_at", repr(time.time()))
         pipe.expire(key, STATE_TTL_SECONDS)
@@ -73,7 +73,7 @@ def record_ok(client: redis.Redis, provider: str) -> None:
 def record_error(client: redis.Redis, provider: str, error: Exception) -> None:
     """Keep the last error (its message never holds a key: providers redact them)."""
     message = error.message if isinstance(error, ServiceError) else type(error).__name__
-    key = keys.provider_state(provider)
+    key = redis_keys.provider_state(provider)
     fields = {"error_at": repr(time.time()), "error": message, "outage": int(is_outage(error))}
     with client.pipeline(transaction=False) as pipe:
         pipe.hset(key, mapping=fields)
@@ -83,7 +83,7 @@ def record_error(client: redis.Redis, provider: str, error: Exception) -> None:
 
 def record_models(client: redis.Redis, provider: str, models: list[str]) -> None:
     """What /api/tags listed: Ollama is up and has these models pulled."""
-    key = keys.provider_state(provider)
+    key = redis_keys.provider_state(provider)
     now = repr(time.time())
     fields = {"models": json.dumps(sorted(models)), "probed_at": now, "ok_at": now}
     with client.pipeline(transaction=False) as pipe:
@@ -100,7 +100,7 @@ def health(client: redis.Redis, settings: Settings, provider: Provider) -> dict[
     """One provider for /health: status up, down or not_configured, and why."""
     if missing := missing_setting(settings, provider):
         return {"status": "not_configured", "missing": missing.split(" ")[0]}
-    raw = {k.decode(): v for k, v in client.hgetall(keys.provider_state(provider)).items()}
+    raw = {k.decode(): v for k, v in client.hgetall(redis_keys.provider_state(provider)).items()}
     breaker = CircuitBreaker(client, provider.value, settings.PROVIDER_BREAKER_FAILURES).state()
     ok_at = float(raw.get("ok_at") or 0)
     error_at = float(raw.get("error_at") or 0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import redis
 
-from common import keys
+from common import redis_keys
 
 # KEYS: bucket hash. ARGV: now (s), refill per second, capacity, ttl (s).
 # Returns {allowed 0/1, tokens left (x1000), seconds until the next token (x1000)}.
@@ -88,8 +88,8 @@ class FailureWindow:
 
     def read_in(self, pipe: redis.client.Pipeline, address: str) -> None:
         """Queue the reads that blocked() takes (two replies)."""
-        pipe.get(keys.auth_failures(address))
-        pipe.pttl(keys.auth_failures(address))
+        pipe.get(redis_keys.auth_failures(address))
+        pipe.pttl(redis_keys.auth_failures(address))
 
     def blocked(self, count: bytes | None, ttl_ms: int) -> int | None:
         """Seconds until the address may try again, or None if it may now."""
@@ -100,6 +100,6 @@ class FailureWindow:
     def note(self, address: str) -> None:
         """Count one refused key (the window starts with the first)."""
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.auth_failures(address), 0, ex=self.SECONDS, nx=True)
-            pipe.incr(keys.auth_failures(address))
+            pipe.set(redis_keys.auth_failures(address), 0, ex=self.SECONDS, nx=True)
+            pipe.incr(redis_keys.auth_failures(address))
             pipe.execute()

@@ -17,7 +17,7 @@ import orjson
 import redis
 from pydantic import BaseModel
 
-from common import keys
+from common import redis_keys
 
 QUEUED = "queued"
 PARTS = ("bytes", "until", "total")
@@ -95,7 +95,7 @@ def text_bytes(texts: list[str]) -> int:
 
 
 def _keys(buckets: list[str]) -> list[str]:
-    return [keys.held(bucket, part) for bucket in buckets for part in PARTS]
+    return [redis_keys.held(bucket, part) for bucket in buckets for part in PARTS]
 
 
 @dataclass(frozen=True)
@@ -132,4 +132,4 @@ def started(client: redis.Redis, holds: list[Hold]) -> None:
 
 def used(client: redis.Redis, bucket: str) -> int:
     """Bytes the bucket holds (expired items included until the next hold drops them)."""
-    return int(client.get(keys.held(bucket, "total")) or 0)
+    return int(client.get(redis_keys.held(bucket, "total")) or 0)

@@ -19,7 +19,7 @@ from typing import Literal
 
 import redis
 
-from common import keys
+from common import redis_keys
 from common.api_keys import KeyLimits
 
 KEEP_DAYS = 400
@@ -101,9 +101,9 @@ class UsageMeter:
         at = datetime.fromtimestamp(now, UTC)
         caps = [getattr(limits, name) or 0 if limits else 0 for name in LIMITS]
         reply = self._charge(
-            keys=[keys.usage_day(owner, at.date().isoformat()),
-                  keys.usage_month(owner, at.strftime("%Y-%m")),
-                  keys.usage_minute(owner, int(now // 60)), keys.USAGE_OWNERS],
+            keys=[redis_keys.usage_day(owner, at.date().isoformat()),
+                  redis_keys.usage_month(owner, at.strftime("%Y-%m")),
+                  redis_keys.usage_minute(owner, int(now // 60)), redis_keys.USAGE_OWNERS],
             args=[owner, model, tokens, int(hit), mode, *caps, KEEP_DAYS * 86400,
                   MONTH_KEEP_SECONDS],
         )  # fmt: skip
@@ -115,7 +115,7 @@ class UsageMeter:
 
     def owners(self) -> list[str]:
         """Every owner with usage recorded."""
-        return sorted(m.decode() for m in self.redis.smembers(keys.USAGE_OWNERS))
+        return sorted(m.decode() for m in self.redis.smembers(redis_keys.USAGE_OWNERS))
 
     def read(self, owners: Iterable[str], first: date, last: date) -> list[dict[str, object]]:
         """One row per (owner, day, model) with figures: requests, input_tokens, cache_hits."""
@@ -123,7 +123,7 @@ class UsageMeter:
         pairs = [(owner, day) for owner in owners for day in days]
         with self.redis.pipeline(transaction=False) as pipe:
             for owner, day in pairs:
-                pipe.hgetall(keys.usage_day(owner, day.isoformat()))
+                pipe.hgetall(redis_keys.usage_day(owner, day.isoformat()))
             replies = pipe.execute()
         rows: list[dict[str, object]] = []
         for (owner, day), raw in zip(pairs, replies, strict=True):

@@ -21,6 +21,7 @@ from cli.launcher import flower_command
 from cli.redis_server import RedisServer, free_port
 from common import presence
 from common.settings import Settings, load_settings
+from tests.helpers import wait_until
 from tests.pg import pg_url  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,10 +114,7 @@ def worker_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def wait_logged(path: Path, needle: str, timeout: float = 30) -> None:
     """Until a process's log file holds `needle`; fails after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while needle not in path.read_text():
-        assert time.monotonic() < deadline, f"{needle!r} not logged in {path}"
-        time.sleep(0.1)
+    wait_until(path.read_text, lambda text: needle in text, timeout)
 
 
 @pytest.fixture(scope="session")

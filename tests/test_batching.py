@@ -12,10 +12,11 @@ import redis
 from sentence_transformers import SentenceTransformer
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.registry import load_registry
 from common.settings import Settings, load_settings
 from tests.conftest import MODEL
+from tests.helpers import wait_until
 from workers.batcher import Batcher, PassStats, plan_passes
 
 
@@ -146,7 +147,7 @@ def test_concurrent_requests_share_forward_passes(
     of concurrent calls, api/sync_calls.py, is off), fewer forward passes than tasks."""
     app = create_app(load_settings(**{**settings.model_dump(), "SYNC_GATHER_MS": 0}))
     client = redis.Redis.from_url(settings.REDIS_URL)
-    stats_key = keys.batch_stats(MODEL)
+    stats_key = redis_keys.batch_stats(MODEL)
     before = {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()}
     texts = [f"concurrent request {i} {uuid.uuid4().hex}" for i in range(24)]
 
@@ -160,7 +161,11 @@ def test_concurrent_requests_share_forward_passes(
 
     with ThreadPoolExecutor(len(texts)) as pool:
         answers = list(pool.map(one, texts))
-    after = {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()}
+    after = wait_until(  # the worker writes its figures within 0.1 s
+        lambda: {k.decode(): float(v) for k, v in client.hgetall(stats_key).items()},
+        lambda now: now.get("requests", 0) - before.get("requests", 0) >= len(texts),
+        timeout=10,
+    )
     passes = after["passes"] - before.get("passes", 0)
     requests = after["requests"] - before.get("requests", 0)
     distinct = after["distinct_texts"] - before.get("distinct_texts", 0)

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.cache import EmbeddingCache
 from common.settings import Settings, load_settings
 from tests.conftest import MODEL, models_file
@@ -138,12 +138,12 @@ def test_a_redis_that_lost_its_data_never_repeats_an_epoch(redis_url: str) -> No
     cache = EmbeddingCache(client, ttl_seconds=60, local_size=10)
     cache.clear(MODEL)
     cache.clear(MODEL)
-    before = cache.epoch_from(client.get(keys.CACHE_EPOCH))
+    before = cache.epoch_from(client.get(redis_keys.CACHE_EPOCH))
     assert cache.generations(MODEL, before) == (0, 2, 0)
     client.flushdb()  # the data is gone; the same number of clears, of another kind
     cache.clear()
     cache.clear()
-    after = cache.epoch_from(client.get(keys.CACHE_EPOCH))
+    after = cache.epoch_from(client.get(redis_keys.CACHE_EPOCH))
     assert after != before
     assert cache.generations(MODEL, after) == (2, 0, 0)
     client.flushdb()

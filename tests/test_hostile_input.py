@@ -31,6 +31,7 @@ from api.app import create_app
 from common import presence
 from common.settings import Settings, load_settings
 from tests.conftest import MODEL, wait_logged
+from tests.helpers import wait_job
 
 NATIVE, JOBS, OPENAI, OLLAMA, INDEX = (
     "/api/v1/embeddings", "/api/v1/jobs", "/v1/embeddings", "/api/embed", "/api/v1/index-jobs",
@@ -114,13 +115,7 @@ def assert_vectors(rows: list[Any], count: int) -> np.ndarray:
 
 
 def wait_status(client: FlaskClient, url: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = call(client, "GET", url).get_json()
-        if body["status"] not in ("queued", "running"):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.1)
+    return wait_job(lambda: call(client, "GET", url).get_json(), timeout, 0.1)
 
 
 def answer_vectors(client: FlaskClient, route: str, response: TestResponse, count: int) -> Any:

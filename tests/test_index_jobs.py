@@ -18,6 +18,7 @@ from common.jobs import JobStatus
 from common.settings import Settings, load_settings
 from common.vectors import pack
 from tests.conftest import MODEL
+from tests.helpers import wait_job
 
 URL = "/api/v1/index-jobs"
 LONG = " ".join(f"token{i}" for i in range(700))
@@ -29,13 +30,7 @@ DOCS = [
 
 
 def wait(client: FlaskClient, url: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(url).get_json()
-        if body["status"] not in ("queued", "running"):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"still {body['status']}: {body}")
+    return wait_job(lambda: client.get(url).get_json(), timeout)
 
 
 def results(client: FlaskClient, job_id: str, **params: str) -> list[dict]:

@@ -20,9 +20,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.settings import Settings, load_settings
 from tests.conftest import models_file, start_worker, stop, wait_for_worker
+from tests.helpers import wait_job
 from tests.pg import fresh_database
 
 URL = "/api/v1/index-jobs"
@@ -77,11 +78,7 @@ def client(setup: tuple[Flask, Path, str]) -> FlaskClient:
 
 
 def wait(client: FlaskClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (body := client.get(f"{URL}/{job_id}").get_json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
-    return body
+    return wait_job(lambda: client.get(f"{URL}/{job_id}").get_json(), timeout)
 
 
 def docs(n: int, prefix: str = "doc") -> list[dict[str, Any]]:
@@ -131,9 +128,9 @@ def test_a_parquet_sink_job_leaves_files_and_only_progress_in_redis(
     assert manifest["counts"]["chunks_done"] == total
     # Redis: no vectors, plans or metadata left, only the job's counters and markers.
     broker = redis.Redis.from_url(redis_url)
-    assert not broker.exists(keys.index_job_part(job["id"], "plan"))
-    assert not broker.exists(keys.index_job_part(job["id"], "metadata"))
-    markers = broker.hvals(keys.index_job_part(job["id"], "vectors"))
+    assert not broker.exists(redis_keys.index_job_part(job["id"], "plan"))
+    assert not broker.exists(redis_keys.index_job_part(job["id"], "metadata"))
+    markers = broker.hvals(redis_keys.index_job_part(job["id"], "vectors"))
     assert sum(int(m) for m in markers) == total
 
 

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from common import keys
+from common import redis_keys
 from common.queueing import EMBED_TASK, make_celery
 from common.schemas import EmbedOptions, EmbedTask
 from common.settings import Settings
 from tests.conftest import wait_logged
+from tests.helpers import wait_job
 
 
 def poll(client: FlaskClient, url: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = client.get(url).get_json()
-        if body["status"] not in ("queued", "running"):
-            return body
-        time.sleep(0.1)
-    raise AssertionError(f"job still {body['status']}")
+    return wait_job(lambda: client.get(url).get_json(), timeout, 0.1)
 
 
 def test_submit_poll_and_result(client: FlaskClient, settings: Settings) -> None:
@@ -42,7 +36,7 @@ def test_submit_poll_and_result(client: FlaskClient, settings: Settings) -> None
     assert [item["index"] for item in result["data"]] == [0, 1]
     assert isinstance(result["data"][0]["embedding"], str)  # base64, as asked at submission
     assert result["usage"]["prompt_tokens"] > 0
-    ttl = redis.Redis.from_url(settings.REDIS_URL).ttl(keys.job(body["id"]))
+    ttl = redis.Redis.from_url(settings.REDIS_URL).ttl(redis_keys.job(body["id"]))
     assert 0 < ttl <= settings.JOB_TTL_SECONDS
 
 

@@ -20,9 +20,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.settings import Settings, load_settings
 from tests.conftest import models_file, start_worker, stop, wait_for_worker
+from tests.helpers import wait_job
 from tests.pg import fresh_database
 
 URL = "/api/v1/index-jobs"
@@ -55,15 +56,11 @@ def documents(n: int) -> list[dict[str, Any]]:
 
 
 def poll(client: FlaskClient, job_id: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (body := client.get(f"{URL}/{job_id}").get_json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.25)
-    return body
+    return wait_job(lambda: client.get(f"{URL}/{job_id}").get_json(), timeout, 0.25)
 
 
 def held_by(broker: redis.Redis, worker: str) -> list[str]:
-    raw = broker.hget(keys.WORKERS_HELD, f"{worker}@{os.uname().nodename}")
+    raw = broker.hget(redis_keys.WORKERS_HELD, f"{worker}@{os.uname().nodename}")
     return json.loads(raw)["tags"] if raw else []
 
 

@@ -18,6 +18,7 @@ from api.app import create_app
 from cli.redis_server import RedisServer
 from common.settings import load_settings
 from tests.conftest import start_worker, stop, wait_for_worker
+from tests.helpers import wait_job
 from workers.batcher import Batcher
 
 VISIBILITY = "10"
@@ -35,10 +36,7 @@ def poll(client: FlaskClient, url: str) -> dict[str, Any]:
 
 
 def wait_until_done(client: FlaskClient, url: str, deadline: float) -> dict[str, Any]:
-    while (body := poll(client, url))["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
-    return body
+    return wait_job(lambda: poll(client, url), deadline - time.monotonic())
 
 
 def assert_unavailable(response: Any) -> None:

@@ -28,6 +28,7 @@ from tests.conftest import (
     stop,
     wait_for_worker,
 )
+from tests.helpers import wait_job
 from tests.secure_redis import PASSWORD, SecureRedis
 
 FLOWER_AUTH = ("admin", "flower-tls-pw")
@@ -143,8 +144,4 @@ def test_the_password_shows_nowhere(stack: Stack) -> None:
 
 
 def wait(stack: Stack, path: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while (body := stack.call("GET", path).json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
-    return body
+    return wait_job(lambda: stack.call("GET", path).json(), timeout)

@@ -21,7 +21,7 @@ from flask import Flask
 
 from api.app import create_app
 from cli.redis_server import RedisServer, free_port
-from common import keys
+from common import redis_keys
 from common.api_keys import KeyStore
 from common.jobs import JobStore
 from common.queueing import EMBED_TASK, make_celery
@@ -78,7 +78,7 @@ def test_keys_isolate_owners_and_unknown_keys_are_refused(own_redis: str, tmp_pa
     assert [j["id"] for j in listed] == [index["id"]]
     assert client.get("/livez").status_code == 200  # probes stay open
     assert client.get("/metrics").status_code == 401  # metrics do not
-    stored = redis.Redis.from_url(own_redis).hget(keys.API_KEYS, alice.id)
+    stored = redis.Redis.from_url(own_redis).hget(redis_keys.API_KEYS, alice.id)
     assert alice_key.split("_", 2)[2].encode() not in stored  # only the hash is kept
     assert store.revoke(alice.id)
     assert client.get(job["status_url"], headers=as_alice).status_code == 401

@@ -11,7 +11,7 @@ import numpy as np
 from flask import Flask
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.settings import Settings, load_settings
 from tests.conftest import held_settings
 
@@ -39,7 +39,7 @@ def concurrent_calls(app: Flask, bodies: list[dict], headers: dict[str, str]) ->
 
 def created_jobs(app: Flask) -> int:
     svc = app.extensions["embeddings"]
-    return int(svc.redis.hget(keys.JOB_STATS, "created") or 0)
+    return int(svc.redis.hget(redis_keys.JOB_STATS, "created") or 0)
 
 
 def test_concurrent_calls_share_tasks_and_keep_their_own_vectors(

@@ -28,7 +28,7 @@ from flask.testing import FlaskClient
 
 from api.app import create_app
 from cli.redis_server import RedisServer
-from common import keys
+from common import redis_keys
 from common.api_keys import KeyLimits, KeyStore
 from common.settings import Settings, load_settings
 from tests.conftest import (
@@ -138,7 +138,7 @@ def test_revoking_the_last_key_leaves_auth_on(tmp_path: Path) -> None:
         time.sleep(1.1)  # a process re-reads "was a key ever made" once a second
         assert http.post("/api/v1/jobs", json={"input": "x"}).status_code == 401
         assert cli(server.url, "keys", "revoke", text.split("_")[1]).returncode == 0
-        assert redis.Redis.from_url(server.url).hlen(keys.API_KEYS) == 0  # none left
+        assert redis.Redis.from_url(server.url).hlen(redis_keys.API_KEYS) == 0  # none left
         time.sleep(1.1)
         assert http.post("/api/v1/jobs", json={"input": "x"}).status_code == 401
         assert http.post("/api/v1/jobs", json={"input": "x"},
@@ -196,7 +196,7 @@ def test_client_keys_get_403_on_admin_routes_and_admins_see_all(
 def test_keys_from_before_roles_are_clients(store: KeyStore, http: FlaskClient) -> None:
     old = {"id": "0ld0ld0ld0ld", "name": "old", "created_at": time.time(),
            "hash": hashlib.sha256(b"secret").hexdigest()}  # fmt: skip
-    store.redis.hset(keys.API_KEYS, old["id"], orjson.dumps(old))
+    store.redis.hset(redis_keys.API_KEYS, old["id"], orjson.dumps(old))
     as_old = bearer("emb_0ld0ld0ld0ld_secret")
     assert http.get("/api/v1/models", headers=as_old).status_code == 200
     assert http.get("/api/v1/keys", headers=as_old).status_code == 403
@@ -284,14 +284,14 @@ EARLIER = {
     "tokens_per_day": ("d", lambda day: str(date.fromisoformat(day) - timedelta(days=1))),
     "tokens_per_month": ("m", lambda month: "2000-01"),
 }
-"""Per limit: its buckets' part of the key name (common/keys.usage_*), and an earlier
+"""Per limit: its buckets' part of the key name (common/redis_keys.usage_*), and an earlier
 period's name."""
 
 
 def move_to_the_past(client: redis.Redis, owner: str, limit: str) -> None:
     """What the clock does at the period's end: the current bucket becomes an earlier one."""
     part, earlier = EARLIER[limit]
-    for name in client.scan_iter(f"{keys.PREFIX}:usage:{owner}:{part}:*"):
+    for name in client.scan_iter(f"{redis_keys.PREFIX}:usage:{owner}:{part}:*"):
         stem, stamp = name.decode().rsplit(":", 1)
         client.rename(name, f"{stem}:{earlier(stamp)}")
 

@@ -22,20 +22,18 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
-from common import keys
+from common import redis_keys
 from common.settings import Settings, load_settings
 from tests.conftest import models_file, start_worker, stop, wait_for_worker
+from tests.helpers import wait_until
 
 VISIBILITY = "4"
 
 
 def poll_while(client: FlaskClient, url: str, status: str, timeout: float) -> dict[str, Any]:
     """The job's body once its status is no longer `status` (fails after `timeout` s)."""
-    deadline = time.monotonic() + timeout
-    while (body := client.get(url).get_json())["status"] == status:
-        assert time.monotonic() < deadline, body
-        time.sleep(0.25)
-    return body
+    return wait_until(lambda: client.get(url).get_json(), lambda b: b["status"] != status,
+                      timeout, 0.25)  # fmt: skip
 
 
 def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) -> None:
@@ -81,7 +79,7 @@ def test_index_job_survives_a_killed_worker(settings: Settings, tmp_path: Path) 
     rows = [(r["id"], r["chunk"]) for r in map(orjson.loads, lines)]
     assert len(rows) == len(set(rows)) == progress["chunks"]["total"]
     assert {r[0] for r in rows} == {d["id"] for d in docs}
-    stored = redis.Redis.from_url(url).hlen(keys.index_job_part(job["id"], "vectors"))
+    stored = redis.Redis.from_url(url).hlen(redis_keys.index_job_part(job["id"], "vectors"))
     assert stored == progress["batches"]
 
 

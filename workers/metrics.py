@@ -138,7 +138,7 @@ def observe_collection(model: str, stats: CollectionStats) -> None:
 
 class BatchHooks:
     """The batcher's on_pass/on_collection: Prometheus first, then the next hooks
-    (workers/stats.py's Redis figures)."""
+    (workers/batch_stats.py's Redis figures)."""
 
     def __init__(
         self,

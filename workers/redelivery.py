@@ -23,7 +23,7 @@ import uuid
 import redis
 from celery.worker import state
 
-from common import keys
+from common import redis_keys
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +50,33 @@ def held_tags() -> list[str]:
 
 
 def publish(client: redis.Redis, worker: str, tags: list[str], now: float) -> None:
-    client.hset(keys.WORKERS_HELD, worker, json.dumps({"at": now, "tags": tags}))
+    client.hset(redis_keys.WORKERS_HELD, worker, json.dumps({"at": now, "tags": tags}))
 
 
 def orphans(client: redis.Redis, lost_after_s: float, now: float) -> list[bytes]:
     """Tags of messages taken over `lost_after_s` ago that no worker heard from since holds."""
-    old = client.zrangebyscore(keys.KOMBU_UNACKED_INDEX, "-inf", now - lost_after_s, 0, SWEEP_PAGE)
+    old = client.zrangebyscore(
+        redis_keys.KOMBU_UNACKED_INDEX, "-inf", now - lost_after_s, 0, SWEEP_PAGE
+    )
     if not old:
         return []
     held: set[bytes] = set()
     gone: list[bytes] = []
-    for worker, raw in client.hgetall(keys.WORKERS_HELD).items():
+    for worker, raw in client.hgetall(redis_keys.WORKERS_HELD).items():
         beat = json.loads(raw)
         if beat["at"] >= now - lost_after_s:
             held.update(tag.encode() for tag in beat["tags"])
         elif beat["at"] < now - 10 * lost_after_s:
             gone.append(worker)
     if gone:
-        client.hdel(keys.WORKERS_HELD, *gone)
+        client.hdel(redis_keys.WORKERS_HELD, *gone)
     return [tag for tag in old if tag not in held]
 
 
 def give_back(client: redis.Redis, tag: bytes) -> str | None:
     """Put one unacked message back at the front of its queue; its queue, or None if it
     was acked meanwhile."""
-    raw = client.hget(keys.KOMBU_UNACKED, tag)
+    raw = client.hget(redis_keys.KOMBU_UNACKED, tag)
     if raw is None:
         return None
     payload, _exchange, routing_key = json.loads(raw)
@@ -84,7 +86,7 @@ def give_back(client: redis.Redis, tag: bytes) -> str | None:
     properties.setdefault("delivery_info", {})["redelivered"] = True
     # Celery's queues here are direct: the routing key is the queue's name, no priorities.
     moved = client.eval(
-        _GIVE_BACK, 3, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key,
+        _GIVE_BACK, 3, redis_keys.KOMBU_UNACKED, redis_keys.KOMBU_UNACKED_INDEX, routing_key,
         tag, json.dumps(payload),
     )  # fmt: skip
     return routing_key if moved else None

@@ -22,11 +22,11 @@ from common.redis_client import connect, tls_options
 from common.registry import ModelSpec, Provider, Registry, load_registry
 from common.settings import Settings
 from common.sinks import Sink, SinkError, load_sinks, open_sink
+from workers.batch_stats import BatchRecorder
 from workers.batcher import Batcher
 from workers.embedders import Batched, Embedder, Remote
 from workers.metrics import BatchHooks
 from workers.remote import RemoteModels
-from workers.stats import BatchRecorder
 
 log = logging.getLogger(__name__)
 

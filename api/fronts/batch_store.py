@@ -8,7 +8,7 @@ import time
 import orjson
 import redis
 
-from common import keys, storage
+from common import redis_keys, storage
 from common.errors import NotFound
 
 
@@ -25,7 +25,7 @@ class FileStore:
             "created_at": now, "expires_at": now + self.ttl, "filename": filename,
             "purpose": purpose, "status": "processed", "status_details": None,
         }  # fmt: skip
-        key = keys.openai_file(meta["id"])
+        key = redis_keys.openai_file(meta["id"])
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"meta": orjson.dumps(meta), "content": content,
                                     "owner": owner})  # fmt: skip
@@ -34,7 +34,7 @@ class FileStore:
         return meta
 
     def _field(self, file_id: str, name: str, owner: str) -> bytes:
-        stored_owner, value = self.redis.hmget(keys.openai_file(file_id), ["owner", name])
+        stored_owner, value = self.redis.hmget(redis_keys.openai_file(file_id), ["owner", name])
         if value is None or stored_owner != owner.encode():
             raise NotFound(f"no file {file_id!r}", param="file_id")
         return value
@@ -48,7 +48,7 @@ class FileStore:
     def delete(self, file_id: str, owner: str) -> None:
         """Delete the file, and release its bytes from the owner's storage."""
         self.meta(file_id, owner)
-        self.redis.delete(keys.openai_file(file_id))
+        self.redis.delete(redis_keys.openai_file(file_id))
         storage.release(self.redis, [storage.owner_bucket(owner)], file_id)
 
 
@@ -57,16 +57,16 @@ class BatchStore:
         self.redis, self.ttl = client, ttl_seconds
 
     def save(self, batch: dict, owner: str) -> None:
-        key = keys.openai_batch(batch["id"])
+        key = redis_keys.openai_batch(batch["id"])
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"meta": orjson.dumps(batch), "owner": owner})
             pipe.expire(key, self.ttl)
-            pipe.zadd(keys.openai_batches_of(owner), {batch["id"]: batch["created_at"]})
-            pipe.expire(keys.openai_batches_of(owner), self.ttl)
+            pipe.zadd(redis_keys.openai_batches_of(owner), {batch["id"]: batch["created_at"]})
+            pipe.expire(redis_keys.openai_batches_of(owner), self.ttl)
             pipe.execute()
 
     def get(self, batch_id: str, owner: str) -> dict:
-        stored_owner, meta = self.redis.hmget(keys.openai_batch(batch_id), ["owner", "meta"])
+        stored_owner, meta = self.redis.hmget(redis_keys.openai_batch(batch_id), ["owner", "meta"])
         if meta is None or stored_owner != owner.encode():
             raise NotFound(f"no batch {batch_id!r}", param="batch_id")
         return orjson.loads(meta)
@@ -80,21 +80,21 @@ class BatchStore:
 
     @staticmethod
     def _lock(batch_id: str) -> str:
-        return keys.openai_batch(batch_id) + ":finalizing"
+        return redis_keys.openai_batch(batch_id) + ":finalizing"
 
     def save_requests(self, batch_id: str, requests: dict[str, bytes]) -> None:
         if requests:
-            key = keys.openai_batch_requests(batch_id)
+            key = redis_keys.openai_batch_requests(batch_id)
             self.redis.hset(key, mapping=requests)
             self.redis.expire(key, self.ttl)
 
     def requests(self, batch_id: str, custom_ids: list[str]) -> list[dict]:
-        raw = self.redis.hmget(keys.openai_batch_requests(batch_id), custom_ids)
+        raw = self.redis.hmget(redis_keys.openai_batch_requests(batch_id), custom_ids)
         return [orjson.loads(r) if r else {} for r in raw]
 
     def list(self, owner: str, limit: int, after: str | None) -> tuple[list[str], bool]:
         """Batch ids, newest first, after the given id; and whether more follow."""
-        key = keys.openai_batches_of(owner)
+        key = redis_keys.openai_batches_of(owner)
         start = 0
         if after is not None:
             rank = self.redis.zrevrank(key, after)

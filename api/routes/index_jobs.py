@@ -8,13 +8,13 @@ import time
 
 from flask import Blueprint, Response, request, send_file, url_for
 
-from api import auth, indexing, results
+from api import auth, index_results, indexing
 from api.auth import owner, owner_filter
 from api.call import current
 from api.render import iso, json_response
 from api.services import services
 from api.uploads import read_upload
-from common import keys
+from common import redis_keys
 from common.errors import InvalidRequest
 from common.index_jobs import IndexJob
 from common.sinks import public
@@ -120,7 +120,7 @@ def _listed_owner() -> str:
     if wanted is None or wanted == owner():
         return owner()
     auth.require_admin("listing another key's index jobs")
-    return keys.ALL_OWNERS if wanted == "all" else wanted
+    return redis_keys.ALL_OWNERS if wanted == "all" else wanted
 
 
 @bp.get("/api/v1/index-jobs")
@@ -169,7 +169,7 @@ def get_results(job_id: str) -> Response:
     fmt = request.args.get("format", "ndjson")
     if fmt not in ("ndjson", "npy", "npz"):
         raise InvalidRequest("format: ndjson, npy or npz", param="format")
-    source = results.source(svc, job)
+    source = index_results.source(svc, job)
     emit, cursor = _window(
         job, set(store.stored_batches(job_id)), set(store.failed_batches(job_id)),
         _int_arg("cursor", 0, 0, 10**9), _int_arg("limit", 10**9, 1, 10**9),
@@ -178,11 +178,13 @@ def get_results(job_id: str) -> Response:
     if cursor is not None:
         headers["X-Next-Cursor"] = str(cursor)
     if fmt == "npz":
-        archive = results.npz(source, emit)
+        archive = index_results.npz(source, emit)
         response = send_file(archive, mimetype="application/zip", download_name=f"{job_id}.npz")
         response.headers.update(headers)
         return response
     if fmt == "npy":
-        stream = results.npy(source, emit)
+        stream = index_results.npy(source, emit)
         return Response(stream, mimetype="application/octet-stream", headers=headers)
-    return Response(results.ndjson(source, emit), mimetype="application/x-ndjson", headers=headers)
+    return Response(
+        index_results.ndjson(source, emit), mimetype="application/x-ndjson", headers=headers
+    )
