@@ -68,13 +68,31 @@ def _too_large(where: str, limit: int) -> PayloadTooLarge:
     )
 
 
+BLOCK_BYTES = 1 << 16
+"""Uploads are read in blocks and split into lines here: a read of the request body costs
+far more than splitting (each one is paced, api/http_worker.py)."""
+
+
+def _raw_lines(stream: IO[bytes], limit: int) -> Iterator[bytes]:
+    """Each line of the stream; 413 for one longer than `limit` bytes, read no further.
+    At most `limit` + a block is held at once."""
+    pending, number = b"", 0
+    while block := stream.read(BLOCK_BYTES):
+        *lines, pending = (pending + block).split(b"\n")
+        for line in lines:
+            number += 1
+            if len(line.rstrip(b"\r")) > limit:
+                raise _too_large(f"line {number}", limit)
+            yield line
+        if len(pending.rstrip(b"\r")) > limit:
+            raise _too_large(f"line {number + 1}", limit)
+    if pending:
+        yield pending
+
+
 def _lines(stream: IO[bytes], limit: int) -> Iterator[tuple[str, object]]:
-    """Each line, parsed; 413 for one longer than `limit` bytes, read no further."""
-    number = 0
-    while raw := stream.readline(limit + 2):  # + its \r\n
-        number += 1
-        if len(raw.rstrip(b"\r\n")) > limit:
-            raise _too_large(f"line {number}", limit)
+    """Each line, parsed, with where it was."""
+    for number, raw in enumerate(_raw_lines(stream, limit), start=1):
         if not raw.strip():
             continue
         try:

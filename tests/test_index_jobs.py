@@ -128,6 +128,22 @@ def test_invalid_job_options(bare_client: FlaskClient, body: dict, status: int, 
     assert response.get_json()["error"]["param"] == param
 
 
+def test_ndjson_lines_across_read_blocks(held_app: Flask) -> None:
+    """The upload is read in 64 KiB blocks and split into lines: a document longer than a
+    block, CRLF endings, a blank line and a last line without a newline all arrive whole."""
+    long_text = "word " * 40_000  # 200 KB: spans four blocks
+    body = (orjson.dumps({"id": "long", "text": long_text}) + b"\r\n\n"
+            + orjson.dumps({"id": "crlf", "text": "second"}) + b"\r\n"
+            + orjson.dumps({"id": "last", "text": "no newline after me"}))  # fmt: skip
+    client = held_app.test_client()
+    answer = client.post(URL, data=body, headers={"Content-Type": "application/x-ndjson"})
+    assert answer.status_code == 202, answer.get_data(as_text=True)
+    assert (answer.get_json()["documents"], answer.get_json()["rejected"]) == (3, 0)
+    job = client.get(answer.get_json()["status_url"]).get_json()
+    assert job["documents"]["total"] == 3
+    assert job["chunks"]["total"] > 100  # the long one, whole, in 128-token pieces
+
+
 def test_cancel_and_list_with_cursor(held_app: Flask) -> None:
     client = held_app.test_client()
     ids = [client.post(URL, json={"documents": DOCS}).get_json()["id"] for _ in range(3)]
