@@ -41,7 +41,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from api.services import Services, services
-from common import logs, redis_keys
+from common import breaker, logs, redis_keys
 from common.jobs import ACTIVE, JobStatus
 from common.providers import REMOTE
 from common.queueing import ALL_QUEUES
@@ -176,7 +176,7 @@ class RedisCollector(Collector):
                 pipe.hgetall(redis_keys.CACHE_STATS)
                 pipe.info("memory")
                 for provider in REMOTE:
-                    pipe.pttl(redis_keys.breaker(provider.value, "open"))
+                    breaker.queue_open_check(pipe, provider.value)
                 asked = len(ALL_QUEUES) + 3 + len(REMOTE)
                 answers = pipe.execute()[-asked:]
             workers = self.svc.workers()

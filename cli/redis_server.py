@@ -54,6 +54,24 @@ def maxmemory_bytes(value: str) -> int:
     return int(value.removesuffix(unit)) * units.get(unit, 1)
 
 
+def await_answer(
+    process: subprocess.Popen[bytes], client: redis.Redis, timeout: float, where: str
+) -> None:
+    """Until a just-started redis-server answers `client`; its output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out = process.stderr if process.stderr is not None else process.stdout
+            said = out.read().decode(errors="replace") if out is not None else ""
+            raise RuntimeError(f"redis-server exited:\n{said[-2000:]}")
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    raise TimeoutError(f"redis-server did not answer on {where}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,16 +119,8 @@ class RedisServer:
         finally:
             os.close(lock)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited: {self.process.stderr.read()!r}")
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError(f"redis-server did not answer on port {self.port}")
+        await_answer(self.process, client, timeout, f"port {self.port}")
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -43,6 +43,12 @@ class BreakerState:
         )
 
 
+def queue_open_check(pipe: redis.client.Pipeline, provider: str) -> None:
+    """Queue, in a caller's pipeline, the read whose reply is positive while `provider`'s
+    breaker is open (the PTTL of its `open` key): /metrics reads every provider at once."""
+    pipe.pttl(redis_keys.breaker(provider, "open"))
+
+
 class CircuitBreaker:
     def __init__(
         self,

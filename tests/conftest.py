@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -123,15 +124,24 @@ def worker_metrics_port() -> int:
     return free_port()
 
 
+@contextmanager
+def running_worker(
+    redis_url: str, log_path: Path, name: str = "test", **options: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker (start_worker's `queues` and environment), ready, then stopped."""
+    process = start_worker(redis_url, log_path, name=name, **options)
+    try:
+        wait_for_worker(redis_url, process, log_path, name)
+        yield process
+    finally:
+        stop(process)
+
+
 @pytest.fixture(scope="session")
 def worker(redis_url: str, worker_log: Path, worker_metrics_port: int) -> Iterator[None]:
     """One worker for the session, on the cpu and gpu queues, with the real model."""
-    process = start_worker(redis_url, worker_log, WORKER_METRICS_PORT=str(worker_metrics_port))
-    try:
-        wait_for_worker(redis_url, process, worker_log, "test")
+    with running_worker(redis_url, worker_log, WORKER_METRICS_PORT=str(worker_metrics_port)):
         yield
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 import redis
 
 from cli.processes import spawn
-from cli.redis_server import free_port
+from cli.redis_server import await_answer, free_port
 from common.redis_client import connect, tls_options
 from common.settings import load_settings
 
@@ -102,18 +101,8 @@ class SecureRedis:
             "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"),
         ]  # fmt: skip
         self.process = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        client = self.client()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                said = self.process.stdout.read().decode()  # type: ignore[union-attr]
-                raise RuntimeError(f"redis-server (built with TLS?) exited:\n{said[-2000:]}")
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise TimeoutError(f"redis-server did not answer on TLS port {self.port}")
+        await_answer(self.process, self.client(), timeout, f"TLS port {self.port}")
+        return self
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -20,7 +20,7 @@ import pytest
 
 from common.registry import ModelSpec, load_registry
 from common.settings import load_settings
-from tests.conftest import start_worker, stop, wait_for_worker
+from tests.conftest import running_worker
 from workers.providers import onnx
 from workers.providers.base import Encoder
 from workers.providers.onnx import OnnxEncoder
@@ -323,14 +323,8 @@ def test_a_cpu_worker_serving_onnx_never_loads_torch(
 ) -> None:
     """The real worker process, on the cpu queue with the shipped registry (backend onnx):
     no torch library is mapped into it once its model is loaded."""
-    log_path = tmp_path / "worker.log"
-    process = start_worker(
-        redis_url, log_path, queues="cpu", name="notorch", MODEL_CACHE_DIR=str(cache_root)
-    )
-    try:
-        wait_for_worker(redis_url, process, log_path, "notorch")
+    options = {"queues": "cpu", "MODEL_CACHE_DIR": str(cache_root)}
+    with running_worker(redis_url, tmp_path / "worker.log", "notorch", **options) as process:
         maps = Path(f"/proc/{process.pid}/maps").read_text()
         assert "onnxruntime" in maps
         assert "libtorch" not in maps
-    finally:
-        stop(process)

@@ -37,11 +37,10 @@ from tests.conftest import (
     OPEN_MODE,
     ROOT,
     held_settings,
+    running_worker,
     service_env,
     start_api,
-    start_worker,
     stop,
-    wait_for_worker,
 )
 
 OTHER = "nomic-embed-text"
@@ -59,12 +58,8 @@ def tenant_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def tenant_worker(tenant_redis: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     log = tmp_path_factory.mktemp("tenants-worker") / "worker.log"
-    process = start_worker(tenant_redis, log, name="tenants")
-    try:
-        wait_for_worker(tenant_redis, process, log, "tenants")
+    with running_worker(tenant_redis, log, name="tenants"):
         yield
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")
