@@ -39,6 +39,7 @@ from locust.contrib.fasthttp import FastHttpUser
 from locust.env import Environment
 
 # Plain modules: imported after locust's patching, as everything else.
+from cli import processes
 from local_stack import RAISED_LIMITS, unreserved_port
 from machine import children_of, tree_rss_mib
 from report import Bar, at_least, at_most, finish
@@ -163,15 +164,10 @@ class Service:
         env |= RAISED_LIMITS  # every user calls from 127.0.0.1: one rate-limit bucket
         flower = str(unreserved_port())
         cmd = [str(EMBEDDINGS), "up", "--flower-port", flower, "--run-dir", str(self.dir)]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while b"ready." not in self.log.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"embeddings up did not get ready:\n{self.tail()}")
-            time.sleep(0.5)
+        self.process = processes.start(
+            cmd, lambda: b"ready." in self.log.read_bytes(), READY_TIMEOUT_S, "embeddings up",
+            self.log, cwd=ROOT, env=env,
+        )  # fmt: skip
 
     @property
     def pid(self) -> int:
@@ -180,18 +176,12 @@ class Service:
             raise RuntimeError("the service is not started")
         return self.process.pid
 
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
-
     def stop(self) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.poll() if self.process else None
-        self.process.send_signal(signal.SIGINT)  # as Ctrl-C: the launcher stops the rest
-        try:
-            return self.process.wait(90)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        if self.process is None:
+            return None
+        # SIGINT, as Ctrl-C: the launcher stops the rest.
+        processes.stop(self.process, grace=90, sig=signal.SIGINT)
+        return self.process.returncode
 
 
 # ---------------------------------------------------------------- the run

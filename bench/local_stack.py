@@ -2,7 +2,7 @@
 on free ports that are not the machine's own 6379 and 3010, for every suite that starts
 one: the benchmarked model, the worker's backend, its batch counters.
 
-Redis, the API and the worker run as the launcher runs them (cli/processes.spawn): in
+Redis, the API and the worker run as the launcher runs them (cli/processes.py): in
 sessions of their own that end with the bench, so Ctrl-C reaches only the bench, which
 stops them in order, and a killed bench leaves nothing running.
 """
@@ -18,14 +18,14 @@ import tempfile
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import redis
 import requests
 
-from cli.processes import spawn
+from cli import processes
 from cli.redis_server import RedisServer, free_port
 from common import redis_keys
 from common.registry import BUILTIN_MODELS_FILE, ModelSpec
@@ -66,19 +66,19 @@ def unreserved_port() -> int:
     return port
 
 
-def wait_healthy(base: str, children: Sequence[subprocess.Popen[bytes]] = ()) -> None:
-    """Until GET /health says ok; fails early if a child exits."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if any(child.poll() is not None for child in children):
-            raise RuntimeError("a service process exited before the service was ready")
-        try:
-            if requests.get(f"{base}/health", timeout=2).json().get("status") == "ok":
-                return
-        except (requests.RequestException, ValueError):
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{base}/health did not say ok within {READY_TIMEOUT_S:g}s")
+def healthy(base: str) -> bool:
+    """Whether GET /health says ok."""
+    try:
+        return requests.get(f"{base}/health", timeout=2).json().get("status") == "ok"
+    except (requests.RequestException, ValueError):
+        return False
+
+
+def wait_healthy(base: str) -> None:
+    """Until GET /health says ok (processes.NotReady after READY_TIMEOUT_S)."""
+    processes.await_ready(
+        lambda: healthy(base), READY_TIMEOUT_S, what=f"{base}/health", interval=0.5
+    )
 
 
 def model_entry() -> dict[str, Any]:
@@ -104,19 +104,6 @@ def write_models_file(path: Path, backend: str) -> Path:
     lines += [f"{k} = {_toml_value(v)}" for k, v in (model_entry() | {"backend": backend}).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _terminate(children: Sequence[subprocess.Popen[bytes] | None]) -> None:
-    """SIGTERM each running child, then wait for each; kill what outlives the timeout."""
-    running = [child for child in children if child and child.poll() is None]
-    for child in running:
-        child.send_signal(signal.SIGTERM)
-    for child in running:
-        try:
-            child.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
 
 
 class LocalService:
@@ -193,14 +180,17 @@ class LocalService:
         self.stop()
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with (self.dir / f"{name}.log").open("wb") as log:
-            return spawn(
-                [sys.executable, "-m", *command],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        log = self.dir / f"{name}.log"
+        return processes.spawn([sys.executable, "-m", *command], log, cwd=ROOT, env=env)
+
+    def _await(self, probe: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until `probe` holds, failing fast if the API or the worker exits; NotReady with
+        every log's tail."""
+        running = [p for p in (self.api, self.worker) if p]
+        try:
+            processes.await_ready(probe, timeout, running, what, interval=0.25)
+        except processes.NotReady as error:
+            raise processes.NotReady(f"{error}\n{self.log_tails()}") from None
 
     def _start(self) -> None:
         self.redis.start()  # in a session of its own: Ctrl-C reaches the bench, not Redis
@@ -215,10 +205,7 @@ class LocalService:
         )
         self.api = self._spawn("api", API.split(), self.env)
         self._start_worker(self.backend)
-        try:
-            wait_healthy(self.url, [p for p in (self.api, self.worker) if p])
-        except (RuntimeError, TimeoutError) as error:
-            raise RuntimeError(f"{error}\n{self.log_tails()}") from None
+        self._await(lambda: healthy(self.url), READY_TIMEOUT_S, f"{self.url}/health")
 
     def _start_worker(self, backend: str | None) -> float:
         """Start a worker (of `backend`); seconds until its heartbeat names the model."""
@@ -233,24 +220,20 @@ class LocalService:
         command = [*worker_command(self.queue).split(), "-n", node, "--loglevel", "warning"]
         self.worker = self._spawn(name, command, env)
         self.backend = backend
-        self._await_model(self.worker, started + WORKER_START_TIMEOUT_S)
+        self._await(self._has_model, WORKER_START_TIMEOUT_S, f"{name} (loading {MODEL})")
         return time.monotonic() - started
 
-    def _await_model(self, worker: subprocess.Popen[bytes], deadline: float) -> None:
-        """Until the worker's heartbeat (common/presence.py) names the model."""
-        while time.monotonic() < deadline:
-            if worker.poll() is not None or (self.api and self.api.poll() is not None):
-                raise RuntimeError(f"a service process exited at start\n{self.log_tails()}")
-            for raw in self.client.hvals(redis_keys.WORKERS):
-                info = json.loads(raw)
-                if info.get("pid") == worker.pid and MODEL in info.get("models", []):
-                    return
-            time.sleep(0.25)
-        raise TimeoutError(f"the worker did not load {MODEL}\n{self.log_tails()}")
+    def _has_model(self) -> bool:
+        """Whether the worker's heartbeat (common/presence.py) names the model."""
+        worker = self.worker
+        return worker is not None and any(
+            info.get("pid") == worker.pid and MODEL in info.get("models", [])
+            for info in map(json.loads, self.client.hvals(redis_keys.WORKERS))
+        )
 
     def restart_worker(self, backend: str) -> float:
         """Stop the worker, start one of `backend`; seconds until it has the model."""
-        _terminate([self.worker])
+        processes.stop(self.worker, grace=STOP_TIMEOUT_S)
         self.worker = None
         return self._start_worker(backend)
 
@@ -280,7 +263,7 @@ class LocalService:
 
     def stop(self) -> None:
         """SIGTERM the worker and the API (kill what outlives the timeout), then Redis."""
-        _terminate([self.worker, self.api])
+        processes.stop(self.worker, self.api, grace=STOP_TIMEOUT_S)
         if self._client is not None:
             self._client.close()
         self.redis.stop()

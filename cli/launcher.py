@@ -20,8 +20,7 @@ from pathlib import Path
 
 import redis
 
-from cli import locks, ports, readiness
-from cli.processes import spawn
+from cli import locks, ports, processes, readiness
 from cli.redis_server import DataDirInUse, RedisServer, free_port, maxmemory_bytes
 from cli.supervisor import Child, Supervisor
 from common import logs
@@ -32,6 +31,7 @@ from common.registry import load_registry
 from common.settings import Settings, SettingsError, load_settings, masked_url
 
 READY_TIMEOUT_SECONDS = 180
+STOP_GRACE_SECONDS = 30
 
 API_PORT_CHANGE = "set PORT to another port (HOST: the address)"
 FLOWER_PORT_CHANGE = "use --flower-port (FLOWER_PORT)"
@@ -132,7 +132,7 @@ class Stack:
 
     def respawn(self, name: str) -> None:
         cmd, options = self.spawn_args[name]
-        self.children[name] = spawn(cmd, **options)
+        self.children[name] = processes.spawn(cmd, **options)
 
     def supervise(self) -> None:
         """Run till Ctrl-C, starting again any child, or the embedded Redis (on its port and
@@ -168,32 +168,26 @@ class Stack:
         only it can answer on) reporting ok and listing its workers, known by their pids."""
         client = connect(self.redis_url, tls=tls_options(self.settings))
         workers = [p.pid for name, p in self.children.items() if name.startswith("worker-")]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in self.children.values()):
-                return False
-            if readiness.ready(self.api_url, client, workers):
-                return True
-            time.sleep(0.5)
-        return False
+        try:
+            processes.await_ready(
+                lambda: readiness.ready(self.api_url, client, workers), timeout,
+                self.children.values(), "the system", interval=0.5,
+            )  # fmt: skip
+        except processes.NotReady:
+            return False
+        return True
 
     def stop(self) -> None:
         """SIGTERM to every child (workers finish their tasks: warm shutdown), then Redis.
         Another Ctrl-C meanwhile cannot cut this short; what outlives 30 s is killed."""
         for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(number, signal.SIG_IGN)
-        for process in self.children.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        if self.api_socket:  # held till now: no one else could take the port meanwhile
+        if self.api_socket:  # gunicorn holds its own copy till it exits: the port stays taken
             self.api_socket.close()
-        for name, process in self.children.items():
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                print(f"{name} did not stop in 30 s: killed", file=sys.stderr)
-                process.kill()
-                process.wait()
+        names = {process.pid: name for name, process in self.children.items()}
+        for process in processes.stop(*self.children.values(), grace=STOP_GRACE_SECONDS):
+            print(f"{names[process.pid]} did not stop in {STOP_GRACE_SECONDS} s: killed",
+                  file=sys.stderr)  # fmt: skip
         if self.redis:
             self.redis.stop()
 

@@ -11,13 +11,11 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import redis
 
-from cli import locks
-from cli.processes import spawn
+from cli import locks, processes
 
 
 class DataDirInUse(RuntimeError):
@@ -54,22 +52,20 @@ def maxmemory_bytes(value: str) -> int:
     return int(value.removesuffix(unit)) * units.get(unit, 1)
 
 
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
 def await_answer(
     process: subprocess.Popen[bytes], client: redis.Redis, timeout: float, where: str
 ) -> None:
     """Until a just-started redis-server answers `client`; its output if it exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            out = process.stderr if process.stderr is not None else process.stdout
-            said = out.read().decode(errors="replace") if out is not None else ""
-            raise RuntimeError(f"redis-server exited:\n{said[-2000:]}")
-        try:
-            client.ping()
-            return
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise TimeoutError(f"redis-server did not answer on {where}")
+    processes.await_ready(
+        lambda: _answers(client), timeout, [process], f"redis-server on {where}", interval=0.05
+    )
 
 
 def free_port() -> int:
@@ -112,7 +108,7 @@ class RedisServer:
         except locks.Held as held:
             raise DataDirInUse(self.data_dir, held.pid) from None
         try:  # the server inherits the lock: it is released when the server exits, not before
-            self.process = spawn(
+            self.process = processes.spawn(
                 args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, pass_fds=(lock,)
             )
             locks.write_pid(lock, self.process.pid)
@@ -123,11 +119,5 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        processes.stop(self.process, grace=10)
         self.process = None

@@ -6,19 +6,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
-import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from cli import processes
 from cli.launcher import flower_command
+from cli.processes import stop
 from cli.redis_server import RedisServer, free_port
 from common import presence
 from common.settings import Settings, load_settings
@@ -70,10 +70,7 @@ def start_worker(
         "--pool", "threads", "--concurrency", "8", "-n", f"{name}@%h", "--loglevel", "info",
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            cmd, cwd=ROOT, env=service_env(redis_url, **env), stdout=log, stderr=subprocess.STDOUT
-        )
+    return processes.spawn(cmd, log_path, cwd=ROOT, env=service_env(redis_url, **env))
 
 
 def wait_for_worker(
@@ -87,24 +84,11 @@ def wait_for_worker(
     """Until the worker `name` is online with its models; `client`: one for a Redis that
     needs more than its URL (TLS)."""
     client = client or redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"worker exited:\n{log_path.read_text()[-3000:]}")
-        if any(w.name.startswith(f"{name}@") and w.models for w in presence.online(client)):
-            return
-        time.sleep(0.2)
-    pytest.fail(f"worker not ready:\n{log_path.read_text()[-3000:]}")
 
+    def online() -> bool:
+        return any(w.name.startswith(f"{name}@") and w.models for w in presence.online(client))
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    processes.await_ready(online, timeout, [process], f"worker {name}", log_path)
 
 
 @pytest.fixture(scope="session")
@@ -172,45 +156,25 @@ def api_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("api") / "api.log"
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
-    """Until `url` answers 200; fails the test if `process` dies or 60 s pass."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url, timeout=5).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(process)
-            pytest.fail(f"{what} did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-
-
 def start_api(redis_url: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """The API under gunicorn, as deployed (two processes), on a free port: the process
     and its base URL, once /health answers 200."""
     api_port = free_port()
     env = service_env(redis_url, PORT=str(api_port), HOST="127.0.0.1", WEB_CONCURRENCY="2", **env)
     cmd = [sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py", "api.wsgi:app"]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{api_port}"
-    _wait_http(f"{url}/health", process, log_path, "API")
-    return process, url
+    return processes.start(cmd, f"{url}/health", 60, "API", log_path, cwd=ROOT, env=env), url
 
 
 def start_flower(redis_url: str, log_path: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
     """Flower as the launcher starts it, on a free port: the process and its base URL,
     once /healthcheck answers."""
     port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            flower_command(port), cwd=ROOT, env=service_env(redis_url, **env), stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    _wait_http(f"{url}/healthcheck", process, log_path, "Flower")
+    process = processes.start(
+        flower_command(port), f"{url}/healthcheck", 60, "Flower", log_path, cwd=ROOT,
+        env=service_env(redis_url, **env),
+    )  # fmt: skip
     return process, url
 
 

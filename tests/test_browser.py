@@ -5,7 +5,6 @@ Screenshots are saved in the test's tmp dir."""
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import requests
 
 from common import presence
 from tests.conftest import start_flower, stop
+from tests.helpers import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -67,10 +67,7 @@ def test_flower_shows_the_running_worker_behind_basic_auth(
     )
     page = flower.replace("://", f"://{FLOWER_USER}:{FLOWER_PASSWORD}@") + "/workers"
     # Flower learns of workers from Celery events and inspect replies: give it time.
-    deadline = time.monotonic() + 45
-    while name not in (dom := chromium(tmp_path, page)):
-        assert time.monotonic() < deadline, f"{name} not on Flower's page:\n{dom[-2000:]}"
-        time.sleep(1)
+    dom = wait_until(lambda: chromium(tmp_path, page), lambda dom: name in dom, 45, 1)
     assert "Online" in dom
     shot = tmp_path / "flower-workers.png"
     chromium(tmp_path, page, screenshot=shot)

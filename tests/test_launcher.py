@@ -22,13 +22,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli import locks, readiness
+from cli import locks, processes, readiness
 from cli.launcher import Stack
 from cli.redis_server import DataDirInUse, RedisServer, free_port
 from cli.supervisor import Child, Supervisor
 from common.redis_client import connect
 from common.settings import load_settings
 from tests.conftest import ROOT
+from tests.helpers import wait_until
 
 REFUSED_WITHIN_SECONDS = 5
 
@@ -68,21 +69,17 @@ def up_args(flower_port: int, run_dir: Path) -> list[str]:
 def launch(
     log: Path, run_dir: Path, api_port: int, flower_port: int, **env: str
 ) -> subprocess.Popen[bytes]:
-    with log.open("w") as out:
-        return subprocess.Popen(
-            up_args(flower_port, run_dir), cwd=ROOT, env=up_env(PORT=str(api_port), **env),
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            # SIGINT ignored, as a script's `&` starts it: Ctrl-C must still stop everything.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-        )  # fmt: skip
+    return processes.spawn(
+        up_args(flower_port, run_dir), log, cwd=ROOT, env=up_env(PORT=str(api_port), **env),
+        # SIGINT ignored, as a script's `&` starts it: Ctrl-C must still stop everything.
+        preexec=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
 
 
 def wait_for(text: str, log: Path, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in log.read_text():
-        assert process.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, f"no {text!r} in time:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
+    """Until `log` holds `text`; NotReady if `process` exits first."""
+    what = f"{text!r} in {log.name}"
+    processes.await_ready(lambda: text in log.read_text(), timeout, [process], what, log)
 
 
 def refused(run_dir: Path, api_port: int, flower_port: int) -> str:
@@ -144,10 +141,8 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     finally:
         crashed.kill()
         crashed.wait()
-    deadline = time.monotonic() + 60  # they get SIGTERM as their parent dies
-    while any(alive(pid) for pid in orphans):
-        assert time.monotonic() < deadline, [pid for pid in orphans if alive(pid)]
-        time.sleep(0.2)
+    # They get SIGTERM as their parent dies.
+    wait_until(lambda: [pid for pid in orphans if alive(pid)], lambda left: not left, 60, 0.2)
     lock_text = (run_dir / "up.lock").read_text()
 
     process = launch(tmp / "up.log", run_dir, api_port, flower_port)
@@ -164,10 +159,12 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 def test_a_start_after_a_sigkilled_launcher_succeeds(up: Up) -> None:
     assert up.lock_text_before.strip() == str(up.killed_pid)  # stale, and no obstacle
     assert (up.run_dir / "up.lock").read_text().strip() == str(up.process.pid)
-    deadline = time.monotonic() + 30  # a heartbeat may be late on two busy cores
-    while (status := requests.get(f"{up.api}/health", timeout=10).json()["status"]) != "ok":
-        assert time.monotonic() < deadline, status
-        time.sleep(0.5)
+    wait_until(  # a heartbeat may be late on two busy cores
+        lambda: requests.get(f"{up.api}/health", timeout=10).json()["status"],
+        lambda status: status == "ok",
+        30,
+        0.5,
+    )
 
 
 def test_a_second_start_on_the_same_run_dir_is_refused(up: Up) -> None:

@@ -21,6 +21,7 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
+from cli import processes
 from cli.redis_server import free_port
 from common import logs
 from common.logs import JsonLineFormatter
@@ -224,10 +225,9 @@ def test_up_in_a_terminal_prints_readable_lines_from_every_process(tmp_path: Pat
     args = [sys.executable, "-m", "cli", "up", "--flower-port", str(free_port()),
             "--run-dir", str(tmp_path / "run")]  # fmt: skip
     leader, follower = os.openpty()
-    process = subprocess.Popen(
-        args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
-        start_new_session=True,
-    )  # fmt: skip
+    process = processes.spawn(
+        args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower
+    )
     os.close(follower)
     output = bytearray()
     try:

@@ -20,7 +20,7 @@ import requests
 from flask import Flask
 
 from api.app import create_app
-from cli.redis_server import RedisServer, free_port
+from cli.redis_server import RedisServer
 from common import redis_keys
 from common.api_keys import KeyStore
 from common.jobs import JobStore
@@ -34,8 +34,10 @@ from tests.conftest import (
     held_settings,
     models_file,
     service_env,
+    start_api,
     stop,
 )
+from tests.helpers import wait_until
 
 
 @pytest.fixture
@@ -113,24 +115,10 @@ def test_keys_cli(own_redis: str) -> None:
 
 
 def test_rate_limit_holds_across_two_gunicorn_workers(own_redis: str, tmp_path: Path) -> None:
-    port = free_port()
-    models = models_file(tmp_path)
-    env = service_env(own_redis, PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="2",
-                      RATE_LIMIT_BURST="5", RATE_LIMIT_REQUESTS_PER_MINUTE="6",
-                      MODELS_FILE=str(models), DEFAULT_MODEL="held")  # fmt: skip
-    log = (tmp_path / "api.log").open("wb")
-    api = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "api/gunicorn_conf.py",
-                            "api.wsgi:app"], cwd=ROOT, env=env, stdout=log, stderr=log)  # fmt: skip
+    api, url = start_api(own_redis, tmp_path / "api.log", RATE_LIMIT_BURST="5",
+                         RATE_LIMIT_REQUESTS_PER_MINUTE="6", MODELS_FILE=str(models_file(tmp_path)),
+                         DEFAULT_MODEL="held")  # fmt: skip
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                requests.get(f"{url}/livez", timeout=5)
-                break
-            except requests.RequestException:
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
         answers = [requests.get(f"{url}/api/v1/models", timeout=10) for _ in range(12)]
     finally:
         stop(api)
@@ -189,9 +177,6 @@ def test_a_deadline_that_passed_drops_the_work(
     late = EmbedTask(job_id=job_id, model="all-MiniLM-L6-v2", texts=["x"], tokens=[3],
                      options=EmbedOptions(), deadline=time.time() - 1)  # fmt: skip
     make_celery(settings).send_task(EMBED_TASK, args=[late.model_dump()], queue="cpu")
-    deadline = time.monotonic() + 30
-    while (job := jobs.get(job_id)).status.value == "queued":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    job = wait_until(lambda: jobs.get(job_id), lambda job: job.status.value != "queued", 30)
     assert job.status.value == "failed"
     assert job.error and job.error["type"] == "deadline_exceeded"
