@@ -22,6 +22,7 @@ from common.errors import ModelNotFound
 from common.registry import load_registry
 from common.settings import Settings, SettingsError, load_settings
 from tests.conftest import start_worker, stop, wait_for_worker
+from tests.helpers import wait_job
 from tests.stubs.ollama_stub import OllamaStub
 from tests.stubs.openai_stub import OpenAIStub
 from tests.stubs.server import vector
@@ -212,10 +213,7 @@ def test_openai_async_job_sends_base64_dimensions_and_the_key(
     submitted = api.post("/api/v1/jobs", json={"model": "te3-256", "input": texts})
     assert submitted.status_code == 202
     url = submitted.get_json()["status_url"]
-    deadline = time.monotonic() + 15
-    while (job := api.get(url).get_json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job = wait_job(lambda: api.get(url).get_json(), timeout=15, interval=0.05)
     assert job["status"] == "succeeded", job
     got = rows(job["result"])
     assert got.shape == (2, 256)
@@ -274,10 +272,7 @@ def test_bulk_index_job_on_a_remote_model(api: FlaskClient, ollama: OllamaStub) 
     )
     assert submitted.status_code == 202, submitted.get_data(as_text=True)
     url = submitted.get_json()["status_url"]
-    deadline = time.monotonic() + 15
-    while (job := api.get(url).get_json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    job = wait_job(lambda: api.get(url).get_json(), timeout=15, interval=0.05)
     assert job["status"] == "succeeded", job
     matrix = np.load(io.BytesIO(api.get(f"{url}/results?format=npy").data))
     assert matrix.shape == (2, 768)

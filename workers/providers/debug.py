@@ -2,9 +2,9 @@
 
 For load tests and benchmarks of our own path (`backend = "debug"` on a local registry
 entry, through MODELS_FILE; never among the shipped models): each text is cut at the
-model's max tokens, and its vector is a unit vector drawn from a hash of the token ids
-that remain, so the same text always gets the same vector, and texts that the model would
-see alike get the same one.
+model's max tokens, and its vector is a unit vector made from a hash of the token ids
+that remain (a byte of the hash per dimension), so the same text always gets the same
+vector, and texts that the model would see alike get the same one.
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ class DebugEncoder:
         self.tokenizer = load(tokenizer_file)
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        rows = np.empty((len(texts), self.dimensions), dtype=np.float32)
-        for row, encoding in zip(rows, self.tokenizer.encode_batch(texts), strict=True):
-            ids = np.asarray(encoding.ids[: self.max_tokens], dtype=np.uint32).tobytes()
-            seed = int.from_bytes(hashlib.blake2b(ids, digest_size=8).digest(), "little")
-            vector = np.random.default_rng(seed).standard_normal(self.dimensions)
-            row[:] = vector / np.linalg.norm(vector)
-        return rows
+        digests = b"".join(
+            hashlib.shake_128(
+                np.asarray(encoding.ids[: self.max_tokens], dtype=np.uint32).tobytes()
+            ).digest(self.dimensions)
+            for encoding in self.tokenizer.encode_batch(texts)
+        )
+        rows = np.frombuffer(digests, dtype=np.uint8).reshape(len(texts), self.dimensions)
+        centred = rows.astype(np.float32) - np.float32(127.5)  # never a zero row
+        return centred / np.linalg.norm(centred, axis=1, keepdims=True)

@@ -25,6 +25,7 @@ from common.providers import pull_hint
 from common.registry import ModelSpec
 from common.settings import Settings
 from workers.providers.resilience import clip, retry_after
+from workers.providers.status_errors import rate_limited, server_error
 
 NAME = "ollama"
 CONNECT_TIMEOUT_SECONDS = 5.0
@@ -101,14 +102,9 @@ class OllamaProvider:
             return ProviderRejected(NAME, message)
         wait = getattr(self._local, "retry_after", None)
         if code == 429:
-            after = f"; asks to retry after {wait:g} s" if wait is not None else ""
-            return ProviderUnavailable(
-                NAME, f"rate limited (HTTP 429){after}: {message}", retryable=True, retry_after=wait
-            )
+            return rate_limited(NAME, message, wait)
         if code >= 500:
-            return UpstreamError(
-                NAME, f"HTTP {code} from /api/embed: {message}", retryable=True, retry_after=wait
-            )
+            return server_error(NAME, code, "/api/embed", message, wait)
         return ProviderUnavailable(NAME, f"refused the call (HTTP {code}): {message}")
 
     def _transport_error(self, error: Exception, path: str) -> ProviderError:

@@ -27,6 +27,7 @@ from common.errors import (
 from common.registry import ModelSpec
 from common.settings import Settings
 from workers.providers.resilience import clip, retry_after
+from workers.providers.status_errors import rate_limited, server_error
 
 NAME = "openai"
 MAX_INPUTS = 2048
@@ -116,14 +117,9 @@ class OpenAIProvider:
         if code == 429:
             if getattr(error, "code", None) == "insufficient_quota":
                 return ProviderUnavailable(NAME, f"quota exhausted (HTTP 429): {message}")
-            after = f"; asks to retry after {wait:g} s" if wait is not None else ""
-            return ProviderUnavailable(
-                NAME, f"rate limited (HTTP 429){after}: {message}", retryable=True, retry_after=wait
-            )
+            return rate_limited(NAME, message, wait)
         if code >= 500 or code in (408, 409):
-            return UpstreamError(
-                NAME, f"HTTP {code} from /embeddings: {message}", retryable=True, retry_after=wait
-            )
+            return server_error(NAME, code, "/embeddings", message, wait)
         return UpstreamError(NAME, f"HTTP {code} from /embeddings: {message}")
 
 
