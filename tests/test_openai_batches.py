@@ -10,10 +10,14 @@ import numpy as np
 import openai
 import orjson
 import pytest
+import redis
 import requests
 from flask import Flask
 
+from common import redis_keys
+from common.index_jobs import IndexJob, IndexJobStore
 from tests.conftest import MODEL
+from tests.helpers import wait_until
 
 
 def jsonl(lines: list[dict]) -> io.BytesIO:
@@ -41,6 +45,21 @@ def wait(client: openai.OpenAI, batch_id: str) -> openai.types.Batch:
         assert time.monotonic() < deadline, batch
         time.sleep(0.3)
     return batch  # fmt: skip
+
+
+def held_client(app: Flask) -> openai.OpenAI:
+    http = httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://held")
+    return openai.OpenAI(base_url="http://held/v1", api_key="x", http_client=http)
+
+
+def record(client: redis.Redis, batch_id: str) -> dict:
+    """The batch's record in Redis, as the API keeps it."""
+    return orjson.loads(client.hget(redis_keys.openai_batch(batch_id), "meta"))
+
+
+def batch_keys(client: redis.Redis) -> dict[bytes, bytes | None]:
+    """Every file and batch key of the Batch API, serialized."""
+    return {key: client.dump(key) for key in client.scan_iter(f"{redis_keys.PREFIX}:oa:*")}
 
 
 def test_a_batch_runs_to_an_output_file_matched_by_custom_id(
@@ -80,6 +99,67 @@ def test_a_batch_runs_to_an_output_file_matched_by_custom_id(
     assert client.batches.list(limit=1).data[0].id == done.id
 
 
+def test_reading_a_finished_batch_and_its_output_writes_nothing(
+    client: openai.OpenAI, redis_url: str
+) -> None:
+    """The output is neither built nor kept when a GET sees the job has ended: the batch
+    reads its job's status, and the file's lines are read from the job's results."""
+    r = redis.Redis.from_url(redis_url)
+    requests_ = [line(f"r{i}", input=[f"text {i}", f"more {i}"]) for i in range(40)]
+    uploaded = client.files.create(file=("b.jsonl", jsonl(requests_)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings",
+                                  completion_window="24h")  # fmt: skip
+    store = IndexJobStore(r, 600)
+    job_id = record(r, batch.id)["job_id"]
+    wait_until(lambda: store.get(job_id), lambda job: job.status.terminal, timeout=120)
+    before = batch_keys(r)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts.completed == 40
+    assert done.completed_at and done.finalizing_at and done.output_file_id
+    content = client.files.content(done.output_file_id).content
+    assert batch_keys(r) == before
+    answers = [orjson.loads(x) for x in content.splitlines()]
+    assert [a["custom_id"] for a in answers] == [f"r{i}" for i in range(40)]
+    assert all(len(a["response"]["body"]["data"]) == 2 for a in answers)
+    meta = client.files.retrieve(done.output_file_id)
+    assert (meta.bytes, meta.filename, meta.purpose) == (len(content), "output.jsonl",
+                                                         "batch_output")  # fmt: skip
+
+
+def test_failed_requests_go_to_the_error_file(held_app: Flask, redis_url: str) -> None:
+    """No worker serves `held`: the job's batch is failed here, as a worker fails it."""
+    client = held_client(held_app)
+    r = redis.Redis.from_url(redis_url)
+    lines = [{**line(f"r{i}"), "body": {"model": "held", "input": f"text {i}"}}
+             for i in range(3)]  # fmt: skip
+    uploaded = client.files.create(file=("held.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    reserved = record(r, batch.id)
+    with pytest.raises(openai.NotFoundError):  # no such file while the job runs
+        client.files.retrieve(reserved["error_file_id"])
+    store = IndexJobStore(r, 600)
+    store.begin(reserved["job_id"], 0, "attempt")
+    store.fail_batch(reserved["job_id"], 0, "the model broke", "attempt")
+    job: IndexJob = store.get(reserved["job_id"])
+    done = client.batches.retrieve(batch.id)
+    assert (done.status, done.output_file_id) == ("completed", None)
+    assert done.completed_at == int(job.finished_at or 0)
+    assert done.request_counts.completed == 0 and done.request_counts.failed == 3
+    assert done.error_file_id == reserved["error_file_id"]
+    content = client.files.content(done.error_file_id).content
+    assert sorted(map(orjson.loads, content.splitlines()), key=lambda x: x["custom_id"]) == [
+        {"id": f"batch_req_r{i}", "custom_id": f"r{i}", "response": None,
+         "error": {"code": "embedding_failed", "message": "the model broke"}}
+        for i in range(3)
+    ]  # fmt: skip
+    assert client.files.retrieve(done.error_file_id).bytes == len(content)
+    assert client.files.delete(done.error_file_id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.content(done.error_file_id)
+
+
 def test_a_malformed_file_fails_the_batch_with_line_errors(client: openai.OpenAI) -> None:
     bad = jsonl([line("ok", input="fine"), {"custom_id": "x", "method": "GET", "url": "/v1/x"},
                  line("ok", input="duplicate id"), line("empty", input="")])  # fmt: skip
@@ -100,8 +180,7 @@ def test_a_malformed_file_fails_the_batch_with_line_errors(client: openai.OpenAI
 
 
 def test_cancel(held_app: Flask) -> None:
-    http = httpx.Client(transport=httpx.WSGITransport(app=held_app), base_url="http://held")
-    client = openai.OpenAI(base_url="http://held/v1", api_key="x", http_client=http)
+    client = held_client(held_app)
     lines = [{**line(f"r{i}", input=f"text {i}"), "body": {"model": "held", "input": "x"}}
              for i in range(3)]  # fmt: skip
     uploaded = client.files.create(file=("held.jsonl", jsonl(lines)), purpose="batch")

@@ -2,15 +2,15 @@
 
 Each request line becomes one "document" of an index job whose pieces are its inputs,
 so a batch runs on the same workers, queues, cache and crash guarantees as bulk
-indexing. Output and error files are built once, when the job has ended.
+indexing. A batch's status and counts are its job's, read on each GET; its output and
+error files are streamed from the job's results (api/fronts/batch_output.py).
 """
 
 from __future__ import annotations
 
-import io
 import time
+from dataclasses import replace
 
-import numpy as np
 import orjson
 from flask import Blueprint, Response, request
 from pydantic import ValidationError
@@ -20,19 +20,26 @@ from api import indexing, storage
 from api.auth import caller_key, owner
 from api.body import json_body
 from api.call import CachePolicy, current
-from api.fronts.batch_store import BatchStore, FileStore, new_batch_id, new_file_id
+from api.fronts import batch_output, batch_view
+from api.fronts.batch_store import (
+    BatchRecord,
+    BatchStore,
+    FileStore,
+    ResultFile,
+    new_batch_id,
+    new_file_id,
+)
+from api.fronts.batch_view import ENDPOINT
 from api.fronts.openai import native_body, use_openai_errors
 from api.pipeline import bounded
 from api.render import json_response
 from api.services import Services, services
 from common import dimensions, errors
-from common.jobs import JobStatus
+from common.index_jobs import IndexJob
 from common.schemas import EmbeddingRequest, EmbedOptions, parse_request
 from common.storage import text_bytes
 from common.tokenization import token_lengths
-from common.vectors import to_base64, unpack
 
-ENDPOINT = "/v1/embeddings"
 MAX_REPORTED_ERRORS = 100
 FORM_OVERHEAD_BYTES = 64 * 1024
 """A multipart body's boundaries and small fields, beside its file."""
@@ -79,15 +86,39 @@ def create_file() -> Response:
     return json_response(meta)
 
 
+def _result_file(svc: Services, file_id: str) -> tuple[ResultFile, IndexJob] | None:
+    """A batch's output or error file and the job holding its lines (404 until the job has
+    ended with such lines); None for an uploaded file."""
+    files, batches = _stores(svc)
+    found = files.result(file_id, owner())
+    if found is None:
+        return None
+    batch = batches.get(found.batch_id, owner())
+    job = batch_view.job_of(svc, batch)
+    if job is None or file_id not in batch_view.result_ids(batch, job):
+        raise errors.NotFound(f"no file {file_id!r}", param="file_id")
+    return found, job
+
+
 @bp.get("/v1/files/<file_id>")
 def get_file(file_id: str) -> Response:
-    return json_response(_stores(services())[0].meta(file_id, owner()))
+    svc = services()
+    files, batches = _stores(svc)
+    result = _result_file(svc, file_id)
+    if result is None:
+        return json_response(files.meta(file_id, owner()))
+    return json_response(batch_output.meta(svc.index_jobs, batches, *result))
 
 
 @bp.get("/v1/files/<file_id>/content")
 def get_file_content(file_id: str) -> Response:
-    content = _stores(services())[0].content(file_id, owner())
-    return Response(content, mimetype="application/jsonl")
+    svc = services()
+    files, batches = _stores(svc)
+    result = _result_file(svc, file_id)
+    if result is None:
+        return Response(files.content(file_id, owner()), mimetype="application/jsonl")
+    lines = batch_output.lines(svc.index_jobs, batches, *result)
+    return Response(lines, mimetype="application/jsonl")
 
 
 @bp.delete("/v1/files/<file_id>")
@@ -142,22 +173,10 @@ def _validate(svc: Services, content: bytes) -> tuple[dict[str, EmbeddingRequest
 # Batches
 
 
-def _new_batch(body: dict[str, object]) -> dict[str, object]:
-    now = int(time.time())
-    return {
-        "id": new_batch_id(), "object": "batch", "endpoint": ENDPOINT, "errors": None,
-        "input_file_id": body["input_file_id"], "completion_window": "24h",
-        "status": "validating", "output_file_id": None, "error_file_id": None,
-        "created_at": now, "in_progress_at": None, "expires_at": now + 24 * 3600,
-        "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
-        "cancelling_at": None, "cancelled_at": None,
-        "request_counts": {"total": 0, "completed": 0, "failed": 0},
-        "metadata": body.get("metadata"), "job_id": None,
-    }  # fmt: skip
-
-
-def _check_create(body: object) -> dict[str, object]:
-    if not isinstance(body, dict) or not isinstance(body.get("input_file_id"), str):
+def _new_batch(body: object) -> BatchRecord:
+    """The record of the batch a request body asks for; 400 for one OpenAI would refuse."""
+    if not isinstance(body, dict) or not isinstance(input_file_id := body.get("input_file_id"),
+                                                    str):  # fmt: skip
         raise errors.InvalidRequest("input_file_id: required", "input_file_id")
     if body.get("endpoint") != ENDPOINT:
         raise errors.InvalidRequest(f"endpoint: only {ENDPOINT} is served here", "endpoint")
@@ -166,10 +185,13 @@ def _check_create(body: object) -> dict[str, object]:
     metadata = body.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise errors.InvalidRequest("metadata: must be an object", "metadata")
-    return body
+    now = int(time.time())
+    return BatchRecord(id=new_batch_id(), input_file_id=input_file_id, created_at=now,
+                       expires_at=now + 24 * 3600, metadata=metadata)  # fmt: skip
 
 
-def _start(svc: Services, batch: dict, requests: dict[str, EmbeddingRequest]) -> None:
+def _start(svc: Services, batch: BatchRecord, requests: dict[str, EmbeddingRequest]
+           ) -> BatchRecord:  # fmt: skip
     """Queue the requests as an index job: one document per request, one piece per input."""
     model = next(iter(requests.values())).model
     size = sum(text_bytes(req.texts) for req in requests.values())
@@ -186,104 +208,35 @@ def _start(svc: Services, batch: dict, requests: dict[str, EmbeddingRequest]) ->
         details[custom_id] = orjson.dumps({"encoding_format": req.encoding_format,
                                            "dimensions": req.dimensions,
                                            "tokens": sum(tokens)})  # fmt: skip
-    _, batches = _stores(svc)
-    batches.save_requests(batch["id"], details)
-    batch |= {"job_id": indexing.finish(planner), "status": "in_progress",
-              "in_progress_at": int(time.time())}  # fmt: skip
-    batch["request_counts"]["total"] = len(requests)
+    files, batches = _stores(svc)
+    batches.save_requests(batch.id, details)
+    return replace(
+        batch, job_id=indexing.finish(planner), in_progress_at=int(time.time()),
+        total=len(requests), output_file_id=files.reserve(batch.id, "output", owner()),
+        error_file_id=files.reserve(batch.id, "error", owner()),
+    )  # fmt: skip
 
 
 @bp.post("/v1/batches")
 def create_batch() -> Response:
     svc = services()
-    body = _check_create(json_body())
+    batch = _new_batch(json_body())
     files, batches = _stores(svc)
-    content = files.content(str(body["input_file_id"]), owner())
-    batch = _new_batch(body)
+    content = files.content(batch.input_file_id, owner())
     requests, problems = _validate(svc, content)
     if problems:
-        batch |= {"status": "failed", "failed_at": int(time.time()),
-                  "errors": {"object": "list", "data": problems}}  # fmt: skip
+        batch = replace(batch, errors={"object": "list", "data": problems},
+                        failed_at=int(time.time()))  # fmt: skip
     else:
-        _start(svc, batch, requests)
+        batch = _start(svc, batch, requests)
     batches.save(batch, owner())
-    return json_response(_public(batch))
-
-
-def _public(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k != "job_id"}
-
-
-def _output_line(custom_id: str, body: dict | None, error: dict | None) -> bytes:
-    response = None if body is None else {"status_code": 200, "request_id": custom_id,
-                                          "body": body}  # fmt: skip
-    line = {"id": "batch_req_" + custom_id, "custom_id": custom_id, "response": response,
-            "error": error}  # fmt: skip
-    return orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-
-
-def _render(model: str, vectors: np.ndarray, detail: dict) -> dict:
-    vectors = dimensions.cut(vectors, detail.get("dimensions"))
-    as_base64 = detail.get("encoding_format") == "base64"
-    data = [{"object": "embedding", "index": i, "embedding": to_base64(v) if as_base64 else v}
-            for i, v in enumerate(vectors)]  # fmt: skip
-    tokens = detail.get("tokens", 0)
-    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return {"object": "list", "data": data, "model": model, "usage": usage}
-
-
-def _finalize(svc: Services, batch: dict) -> None:
-    """Write the output file (one line per succeeded request) and the error file."""
-    files, batches = _stores(svc)
-    store, job_id = svc.index_jobs, batch["job_id"]
-    job = store.get(job_id)
-    output = io.BytesIO()
-    for plan, packed in store.read_batches(job_id, store.stored_batches(job_id)):
-        rows = unpack(packed, job.dimensions)
-        ids = list(dict.fromkeys(str(row[0]) for row in plan))
-        for custom_id, detail in zip(ids, batches.requests(batch["id"], ids), strict=True):
-            mine = [i for i, row in enumerate(plan) if str(row[0]) == custom_id]
-            output.write(_output_line(custom_id, _render(job.model, rows[mine], detail), None))
-    failed = b"".join(
-        _output_line(f["id"], None, {"code": "embedding_failed", "message": f["reason"]})
-        for f in store.failures(job_id, limit=10**6)
-    )
-    if output.tell():
-        batch["output_file_id"] = files.create(output.getvalue(), "output.jsonl",
-                                               "batch_output", owner())["id"]  # fmt: skip
-    if failed:
-        batch["error_file_id"] = files.create(failed, "errors.jsonl", "batch_output", owner())["id"]
-
-
-def _refresh(svc: Services, batch: dict) -> dict:
-    """Follow the index job: counts while it runs; output files once it has ended."""
-    if batch["status"] not in ("in_progress", "finalizing", "cancelling"):
-        return batch
-    _, batches = _stores(svc)
-    job = svc.index_jobs.get(batch["job_id"])
-    counts = job.counts
-    batch["request_counts"] |= {"completed": counts["docs_done"], "failed": counts["docs_failed"]}
-    if not job.status.terminal or not batches.claim_finalizing(batch["id"]):
-        return batch
-    now = int(time.time())
-    batch["finalizing_at"] = batch["finalizing_at"] or now
-    try:
-        _finalize(svc, batch)
-    except Exception:
-        batches.release_finalizing(batch["id"])  # the next poll tries again
-        raise
-    if job.status is JobStatus.CANCELLED:
-        batch |= {"status": "cancelled", "cancelled_at": now}
-    else:
-        batch |= {"status": "completed", "completed_at": now}
-    batches.save(batch, owner())
-    return batch
+    return json_response(batch_view.public(svc, batch))
 
 
 @bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str) -> Response:
     svc = services()
-    return json_response(_public(_refresh(svc, _stores(svc)[1].get(batch_id, owner()))))
+    return json_response(batch_view.public(svc, _stores(svc)[1].get(batch_id, owner())))
 
 
 @bp.post("/v1/batches/<batch_id>/cancel")
@@ -291,11 +244,12 @@ def cancel_batch(batch_id: str) -> Response:
     svc = services()
     _, batches = _stores(svc)
     batch = batches.get(batch_id, owner())
-    if batch["status"] in ("validating", "in_progress"):
-        svc.index_jobs.cancel(batch["job_id"])
-        batch |= {"status": "cancelling", "cancelling_at": int(time.time())}
+    job = batch_view.job_of(svc, batch)
+    if job is not None and batch_view.status(batch, job) == "in_progress":
+        svc.index_jobs.cancel(job.id)
+        batch = replace(batch, cancelling_at=int(time.time()))
         batches.save(batch, owner())
-    return json_response(_public(_refresh(svc, batch)))
+    return json_response(batch_view.public(svc, batch))
 
 
 @bp.get("/v1/batches")
@@ -306,7 +260,7 @@ def list_batches() -> Response:
     if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 100:
         raise errors.InvalidRequest("limit: an integer from 1 to 100", "limit")
     ids, more = batches.list(owner(), int(raw_limit), request.args.get("after"))
-    data = [_public(_refresh(svc, batches.get(i, owner()))) for i in ids]
+    data = [batch_view.public(svc, batches.get(i, owner())) for i in ids]
     return json_response({
         "object": "list", "data": data, "has_more": more,
         "first_id": ids[0] if ids else None, "last_id": ids[-1] if ids else None,
