@@ -44,6 +44,11 @@ class BulkLane(bootsteps.ConsumerStep):
     """Consume the worker's bulk lanes with INDEX_CONCURRENCY messages in flight."""
 
     executor: ThreadPoolExecutor | None = None
+    call_soon: Callable[..., Any] | None = None
+
+    def start(self, c: Any) -> None:
+        self.call_soon = c.call_soon
+        super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
         rt = runtime.current()
@@ -59,7 +64,15 @@ class BulkLane(bootsteps.ConsumerStep):
         with _held_lock:
             held.add(str(message.delivery_tag))
         assert self.executor is not None
-        self.executor.submit(_run, body, message)
+        self.executor.submit(self._handle, body, message)
+
+    def _handle(self, body: Any, message: Message) -> None:
+        """Run the task, then settle its message on the consumer's thread, which this
+        wakes: it takes the next message at once, where an ack from this thread left the
+        lane idle until the consumer's loop turned again (up to a second)."""
+        settle = _run(body, message)
+        assert self.call_soon is not None
+        self.call_soon(_settled, message, settle)
 
     def shutdown(self, c: Any) -> None:
         """A warm stop: the batches in hand finish (and are acked) before the channel goes."""
@@ -68,7 +81,8 @@ class BulkLane(bootsteps.ConsumerStep):
         super().shutdown(c)
 
 
-def _run(body: Any, message: Message) -> None:
+def _run(body: Any, message: Message) -> Callable[[], None]:
+    """Run the message's task; how to settle the message."""
     headers = message.headers or {}
     name = str(headers.get("task"))
     logs.start(request_id=headers.get("request_id"), task_id=headers.get("id"))
@@ -76,16 +90,18 @@ def _run(body: Any, message: Message) -> None:
         args = body[0] if isinstance(body, list | tuple) and body else []
         TASKS[name](*args)
     except Reject:  # Redis was away: back on the queue, done again later
-        message.requeue()
+        return message.requeue
     except Exception:  # the task fails its batch itself; this is a message it cannot read
         log.exception("bulk message %s (%s) dropped", message.delivery_tag, name)
-        message.ack()
-    else:
-        message.ack()
     finally:
         logs.clear()
-        with _held_lock:
-            held.discard(str(message.delivery_tag))
+    return message.ack
+
+
+def _settled(message: Message, settle: Callable[[], None]) -> None:
+    settle()
+    with _held_lock:
+        held.discard(str(message.delivery_tag))
 
 
 def held_tags() -> list[str]:
