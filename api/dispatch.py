@@ -1,16 +1,17 @@
 """Where new work goes, and how it is sent: one path for sync calls, jobs and index
-batches. `route` checks the provider (configured, breaker closed), picks the queue (gpu
-while a CUDA worker is up) and refuses a queue past MAX_QUEUE_DEPTH; `send` notes the task
-in the ledger (common/ledger.py) and sends it by name (the API never imports workers)."""
+batches. `route` checks the provider (configured, breaker closed) and picks the queue (gpu
+while a CUDA worker is up); `send` notes the task in the ledger (common/ledger.py) and
+sends it by name (the API never imports workers)."""
 
 from __future__ import annotations
 
 from pydantic import BaseModel
+from redis.client import Pipeline
 
 from api.services import Services
 from common import errors, ledger, logs, providers
 from common.breaker import CircuitBreaker
-from common.queueing import QueueName, bulk_lane
+from common.queueing import QueueName
 from common.registry import ModelSpec, Provider
 
 
@@ -38,30 +39,31 @@ def check_provider(svc: Services, spec: ModelSpec) -> None:
         raise breaker.open_error(spec.provider.value)
 
 
-def check_queue(svc: Services, queue: str) -> None:
-    """Refuse new work at once while the queue is deeper than MAX_QUEUE_DEPTH."""
-    depth = int(svc.redis.llen(queue))
-    if depth > svc.settings.MAX_QUEUE_DEPTH:
-        raise errors.QueueFull(
-            f"the {queue!r} queue holds {depth} waiting tasks (limit "
-            f"{svc.settings.MAX_QUEUE_DEPTH}); retry later or add workers",
-            retry_after=5,
-        )
+def too_deep(svc: Services, queue: str, depth: int) -> errors.QueueFull:
+    """The refusal of new work while `queue` is deeper than MAX_QUEUE_DEPTH (checked where
+    the work is admitted, api/storage.py, in the round trip that holds its bytes)."""
+    return errors.QueueFull(
+        f"the {queue!r} queue holds {depth} waiting tasks (limit "
+        f"{svc.settings.MAX_QUEUE_DEPTH}); retry later or add workers",
+        retry_after=5,
+    )
 
 
-def route(svc: Services, spec: ModelSpec, bulk: bool = False) -> str:
-    """The queue for new work of `spec` (`bulk`: index batches go to its bulk lane, which
-    is the one checked for depth), or the error that refuses it now."""
+def route(svc: Services, spec: ModelSpec) -> str:
+    """The queue for new work of `spec`, or the error that refuses it now (its depth is
+    checked where the work is admitted)."""
     check_provider(svc, spec)
-    queue = pick_queue(svc, spec)
-    check_queue(svc, bulk_lane(queue) if bulk else queue)
-    return queue
+    return pick_queue(svc, spec)
 
 
-def send(svc: Services, name: str, task: BaseModel, work: ledger.Note, summary: str) -> None:
-    """Note the task in the ledger, then send it by name to the note's queue under the
-    note's task id; `summary` stands in for its arguments in logs and Flower."""
-    entry = ledger.note(svc.redis, work)
+def send(
+    svc: Services, name: str, task: BaseModel, work: ledger.Note, summary: str,
+    pipe: Pipeline | None = None,
+) -> None:  # fmt: skip
+    """Note the task in the ledger (with what `pipe` holds: the job's record, in one round
+    trip), then send it by name to the note's queue under the note's task id; `summary`
+    stands in for its arguments in logs and Flower."""
+    entry = ledger.note(svc.redis, work, pipe)
     payload = task.model_copy(update={"ledger": entry}).model_dump()
     svc.celery.send_task(
         name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)

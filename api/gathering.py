@@ -1,11 +1,12 @@
 """Concurrent sync calls for the same work, in one API process, gathered into one send.
 
-A call that finds nobody else busy with its key goes out at once, so a lone client never
-waits. A call that arrives while others with its key are in flight opens a group (or joins
-the open one); the group's first call waits up to `window_s`, or until the group is full,
-then sends the whole group with one `send` and hands the waiting to a background thread
-that runs `collect` once and wakes every call with its own outcome. Each call waits only
-as long as it is willing to; one that gives up still has the id `send` gave it.
+A call goes out at once while no send of its key is being collected, so a lone client
+never waits. Otherwise it opens a group (or joins the open one), and the group's first
+call sends the whole group with one `send` as soon as that send is collected, the group
+is full, or `window_s` has passed: the busier the key, the bigger its groups. A background
+thread runs `collect` once per send and wakes every call with its own outcome. Each call
+waits only as long as it is willing to; one that gives up still has the id `send` gave
+it.
 
 Threads here are greenlets under gunicorn's gevent worker (it patches threading and time).
 """
@@ -40,7 +41,8 @@ class Group(Generic[Item, Result]):
     tickets: list[Ticket[Item, Result]] = field(default_factory=list)
     size: int = 0
     sealed: bool = False
-    full: threading.Event = field(default_factory=threading.Event)
+    go: threading.Event = field(default_factory=threading.Event)
+    """Set when the group is sealed: its leader sends it."""
 
 
 class Gatherer(Generic[Item, Sent, Result]):
@@ -58,15 +60,13 @@ class Gatherer(Generic[Item, Sent, Result]):
         self.window_s, self.max_size = window_s, max_size
         self._lock = threading.Lock()
         self._open: dict[Hashable, Group[Item, Result]] = {}
-        self._busy: dict[Hashable, int] = {}
+        self._in_flight: dict[Hashable, int] = {}
 
     def submit(self, key: Hashable, item: Item, size: int) -> Ticket[Item, Result]:
         """Send `item` (alone or with others); the ticket has its id once this returns.
-        Raises what `send` raised. Call `finished(key)` when done with the ticket."""
+        Raises what `send` raised."""
         ticket: Ticket[Item, Result] = Ticket(item, size)
         with self._lock:
-            busy = self._busy.get(key, 0)
-            self._busy[key] = busy + 1
             group = self._open.get(key)
             if group is not None and group.size + size > self.max_size:
                 self._seal(key, group)  # its leader sends it now; this call starts anew
@@ -74,56 +74,63 @@ class Gatherer(Generic[Item, Sent, Result]):
             leader = group is None
             if group is None:
                 group = Group()
-                if busy and self.window_s > 0 and size < self.max_size:
-                    self._open[key] = group
-                else:
-                    group.sealed = True
+                self._open[key] = group
             group.tickets.append(ticket)
             group.size += size
-            if group.size >= self.max_size:
+            if not self._in_flight.get(key) or self.window_s <= 0 or group.size >= self.max_size:
                 self._seal(key, group)
         if leader:
-            if not group.sealed:
-                group.full.wait(self.window_s)
+            if not group.go.wait(self.window_s):
                 with self._lock:
                     self._seal(key, group)
-            self._dispatch(group)
+            self._dispatch(key, group)
         else:
             ticket.sent.wait()  # set by the leader once sent (or failed to send)
         if ticket.error is not None:
             raise ticket.error
         return ticket
 
-    def finished(self, key: Hashable) -> None:
-        with self._lock:
-            self._busy[key] -= 1
-            if not self._busy[key]:
-                del self._busy[key]
-
     def _seal(self, key: Hashable, group: Group[Item, Result]) -> None:
+        """Close the group to new calls; it counts as in flight from now on."""
+        if group.sealed:
+            return
         group.sealed = True
-        group.full.set()
+        group.go.set()
         if self._open.get(key) is group:
             del self._open[key]
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
-    def _dispatch(self, group: Group[Item, Result]) -> None:
+    def _dispatch(self, key: Hashable, group: Group[Item, Result]) -> None:
         """Send the group; wake the others with their ids (or the error); collect apart."""
         tickets = group.tickets
         try:
             ids, sent = self._send([t.item for t in tickets])
         except BaseException as error:
+            self._landed(key)
             _settle(tickets, "sent", error=error)
             raise
         _settle(tickets, "sent", id=ids)
-        threading.Thread(target=self._finish, args=(tickets, sent), daemon=True).start()
+        threading.Thread(target=self._finish, args=(key, tickets, sent), daemon=True).start()
 
-    def _finish(self, tickets: list[Ticket[Item, Result]], sent: Sent) -> None:
+    def _finish(self, key: Hashable, tickets: list[Ticket[Item, Result]], sent: Sent) -> None:
         try:
             results = self._collect(sent)
         except BaseException as error:  # handed to every waiting call
             _settle(tickets, "done", error=error)
         else:
             _settle(tickets, "done", result=results)
+        finally:
+            self._landed(key)
+
+    def _landed(self, key: Hashable) -> None:
+        """A send of `key` is over: the key's open group, if any, goes now."""
+        with self._lock:
+            self._in_flight[key] -= 1
+            if not self._in_flight[key]:
+                del self._in_flight[key]
+            group = self._open.get(key)
+            if group is not None:
+                self._seal(key, group)
 
 
 def _settle(

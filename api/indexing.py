@@ -152,8 +152,8 @@ def start_job(
     quotas.charge(svc, call.key, spec.name, 1, mode="check")
     spec = dimensions.known(svc.redis, spec)
     metrics.note_model(spec)
-    queue = route(svc, spec, bulk=True)
-    storage.admit(svc, call.owner, size, "the upload", key=call.key)
+    queue = route(svc, spec)
+    storage.admit(svc, call.owner, size, "the upload", key=call.key, queue=bulk_lane(queue))
     job_id = svc.index_jobs.create(spec.name, queue, call.owner, spec.dimensions,  # type: ignore[arg-type]
                                    chunking_info, sink)  # fmt: skip
     logs.bind(job_id=job_id)

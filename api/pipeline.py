@@ -85,12 +85,18 @@ def cache_keys(svc: Services, prep: Prepared, call: Call) -> list[str]:
 
 
 def admit(svc: Services, prep: Prepared, call: Call) -> tuple[str, Hold | None]:
-    """Route new work (api/dispatch.py), count it against the caller's quotas and hold
-    its bytes (api/storage.py); the queue, and the hold its task releases."""
+    """Route new work (api/dispatch.py), check its queue and hold its bytes (api/storage.py,
+    one round trip), and count it against the caller's quotas; the queue, and the hold
+    its task releases."""
     queue = dispatch.route(svc, prep.spec)
-    quotas.charge(svc, call.key, prep.spec.name, sum(prep.tokens))
     held = storage.admit(svc, call.owner, text_bytes(prep.texts), "the request's texts",
-                         key=call.key, item=storage.new_item())  # fmt: skip
+                         key=call.key, item=storage.new_item(), queue=queue)  # fmt: skip
+    try:
+        quotas.charge(svc, call.key, prep.spec.name, sum(prep.tokens))
+    except errors.ServiceError:
+        if held is not None:
+            storage.release(svc, held)
+        raise
     return queue, held
 
 
@@ -98,9 +104,9 @@ def submit(svc: Services, prep: Prepared, call: Call) -> str:
     """An async job: admit it, record it, and send its task."""
     queue, held = admit(svc, prep, call)
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
-    job_id = svc.jobs.create(
-        prep.spec.name, queue, len(prep.texts), sum(prep.tokens), options, call.owner
-    )
+    pipe = svc.redis.pipeline()  # the job and its ledger note, in one transaction
+    job_id = svc.jobs.create(prep.spec.name, queue, len(prep.texts), sum(prep.tokens),
+                             options, call.owner, pipe=pipe)  # fmt: skip
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,
@@ -116,7 +122,7 @@ def submit(svc: Services, prep: Prepared, call: Call) -> str:
     logs.bind(job_id=job_id)
     summary = f"job {job_id}: {len(prep.texts)} texts"  # never the texts themselves
     note = ledger.Note(kind="embed", queue=queue, job_id=job_id)
-    dispatch.send(svc, EMBED_TASK, task, note, summary)
+    dispatch.send(svc, EMBED_TASK, task, note, summary, pipe)
     return job_id
 
 

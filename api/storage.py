@@ -9,6 +9,7 @@ import time
 
 import redis
 
+from api import dispatch
 from api.services import Services
 from common import storage
 from common.api_keys import ApiKey
@@ -56,13 +57,14 @@ def quota(settings: Settings, key: ApiKey | None) -> tuple[str, int]:
 def admit(
     svc: Services, owner: str, size: int, what: str, *, key: ApiKey | None = None,
     queued: bool = True, item: str | None = None, checked: bool = True,
-    ttl_seconds: float | None = None,
+    ttl_seconds: float | None = None, queue: str | None = None,
 ) -> storage.Hold | None:  # fmt: skip
-    """Refuse `what` (`size` bytes) if a limit would not take it now or ever; with `item`,
-    hold the bytes under it (`queued`: a task's texts, released when a worker takes it;
-    else a file's) for at most `ttl_seconds` (JOB_TTL_SECONDS). `key`: the owner's key, for
-    its own storage limit. `checked=False` holds without a check: the rest of an upload
-    that was admitted whole."""
+    """Refuse `what` (`size` bytes) if a limit would not take it now or ever, or while
+    `queue` holds more than MAX_QUEUE_DEPTH tasks (503); with `item`, hold the bytes under
+    it (`queued`: a task's texts, released when a worker takes it; else a file's) for at
+    most `ttl_seconds` (JOB_TTL_SECONDS). `key`: the owner's key, for its own storage
+    limit. `checked=False` holds without a check: the rest of an upload that was admitted
+    whole."""
     settings = svc.settings
     buckets = storage.task_buckets(owner) if queued else [storage.owner_bucket(owner)]
     named = [quota(settings, key)]
@@ -78,7 +80,10 @@ def admit(
                 )
     limits = [limit if checked else 0 for _, limit in named]
     ttl = ttl_seconds or settings.JOB_TTL_SECONDS
-    full = storage.hold(svc.redis, buckets, limits, size, item, ttl)
+    longest = storage.Queue(queue, settings.MAX_QUEUE_DEPTH) if queue else None
+    full = storage.hold(svc.redis, buckets, limits, size, item, ttl, longest)
+    if full is not None and full.queue:
+        raise dispatch.too_deep(svc, full.bucket, full.used)
     if full is not None:
         name, limit = named[buckets.index(full.bucket)]
         held = f"{full.used} bytes held, and {what} ({size} bytes) would pass {name} ({limit})"
@@ -94,3 +99,8 @@ def admit(
 
 def new_item() -> str:
     return "t" + secrets.token_hex(8)
+
+
+def release(svc: Services, held: storage.Hold) -> None:
+    """Give back the bytes of a task that will not be sent."""
+    storage.started(svc.redis, [held])

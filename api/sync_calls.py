@@ -2,7 +2,8 @@
 wait for it, up to REQUEST_TIMEOUT_SECONDS (or the client's X-Request-Timeout).
 
 Concurrent calls for the same model, queue and options in one API process share one task
-(api/gathering.py): one job record with a member per call (common/jobs.py), one ledger
+(api/gathering.py; while one is in flight the next gathers, up to SYNC_GATHER_MS): one
+job record with a member per call (common/jobs.py), one ledger
 note, one message, one result write and one waiter, and each call takes its own rows. A
 call that times out answers 504 with its member's id, which polls like any job.
 """
@@ -70,8 +71,9 @@ class SyncCalls:
         members = [Member(p.call.owner, a, b, sum(p.prep.tokens), p.prep.encoding_format)
                    for p, (a, b) in zip(pending, rows, strict=True)]  # fmt: skip
         options = first.prep.options.model_dump() | {"encoding_format": first.prep.encoding_format}
+        pipe = svc.redis.pipeline()  # the job and its ledger note, in one transaction
         job_id = svc.jobs.create(first.prep.spec.name, first.queue, len(texts), sum(tokens),
-                                 options, first.call.owner, members)  # fmt: skip
+                                 options, first.call.owner, members, pipe)  # fmt: skip
         deadlines = [p.call.deadline for p in pending]
         task = EmbedTask(
             job_id=job_id,
@@ -87,13 +89,15 @@ class SyncCalls:
         )
         summary = f"job {job_id}: {len(texts)} texts of {len(pending)} calls"
         send(svc, EMBED_TASK, task, ledger.Note(kind="embed", queue=first.queue, job_id=job_id),
-             summary)  # fmt: skip
+             summary, pipe)  # fmt: skip
         return member_ids(job_id, len(pending)), Sent(job_id, rows)
 
     def _collect(self, sent: Sent) -> list[tuple[Job, np.ndarray | None]]:
         """Wait for the job as long as any call may; each call's view and rows."""
-        job = self.svc.jobs.wait(sent.job_id, self.svc.settings.REQUEST_TIMEOUT_SECONDS)
-        matrix = self.svc.jobs.vectors(job) if job.status is JobStatus.SUCCEEDED else None
+        wait = self.svc.settings.REQUEST_TIMEOUT_SECONDS
+        job, matrix = self.svc.jobs.wait_result(sent.job_id, wait)
+        if job.status is not JobStatus.SUCCEEDED:
+            matrix = None
         return [(job, None if matrix is None else matrix[a:b]) for a, b in sent.rows]
 
     def embed(self, prep: Prepared, call: Call) -> Outcome:
@@ -118,13 +122,9 @@ class SyncCalls:
         with auth.sync_slot():
             queue, held = pipeline.admit(svc, prep, call)
             pending = Pending(prep, call, queue, held, keys if policy.write else None)
-            gather_key = self._gather_key(pending)
-            try:
-                ticket = self.gatherer.submit(gather_key, pending, n)
-                logs.bind(job_id=ticket.id)
-                done = ticket.done.wait(max(wait, 0.0))
-            finally:
-                self.gatherer.finished(gather_key)
+            ticket = self.gatherer.submit(self._gather_key(pending), pending, n)
+            logs.bind(job_id=ticket.id)
+            done = ticket.done.wait(max(wait, 0.0))
         if not done:
             raise errors.Timeout(
                 f"not done within {wait:.2g}s; the job goes on: poll it", ticket.id

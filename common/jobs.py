@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import astuple, dataclass, replace
 from enum import StrEnum
 
 import numpy as np
 import redis
+from redis.client import Pipeline
 
 from common import redis_keys, vectors
 from common.errors import JobNotFound
@@ -128,9 +130,11 @@ class JobStore:
 
     def create(
         self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object],
-        owner: str, members: list[Member] | None = None,
+        owner: str, members: list[Member] | None = None, pipe: Pipeline | None = None,
     ) -> str:  # fmt: skip
-        """A queued job; with `members` (more than one), a shared one whose owner is none."""
+        """A queued job; with `members` (more than one), a shared one whose owner is none.
+        With `pipe`, its writes go when the caller executes it (one round trip with the
+        task's ledger note, api/dispatch.py)."""
         job_id = new_job_id()
         mapping = {
             "status": JobStatus.QUEUED.value,
@@ -145,19 +149,32 @@ class JobStore:
         if members and len(members) > 1:
             mapping["members"] = json.dumps([astuple(m) for m in members])
             mapping["owner"] = ""
-        with self.redis.pipeline() as pipe:
-            pipe.hset(redis_keys.job(job_id), mapping=mapping)
-            pipe.expire(redis_keys.job(job_id), self.ttl)
-            pipe.hincrby(redis_keys.JOB_STATS, "created", 1)
-            pipe.hincrby(redis_keys.JOB_STATS, JobStatus.QUEUED.value, 1)
-            pipe.execute()
+        writes = pipe if pipe is not None else self.redis.pipeline()
+        writes.hset(redis_keys.job(job_id), mapping=mapping)
+        writes.expire(redis_keys.job(job_id), self.ttl)
+        writes.hincrby(redis_keys.JOB_STATS, "created", 1)
+        writes.hincrby(redis_keys.JOB_STATS, JobStatus.QUEUED.value, 1)
+        if pipe is None:
+            writes.execute()
         return job_id
 
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job (or member); JobNotFound when unknown, expired, or (with `owner`) someone
         else's."""
+        return self._read(job_id, owner)[0]
+
+    def result(self, job_id: str) -> tuple[Job, np.ndarray | None]:
+        """The job (or member) and, once it succeeded, its vectors: one round trip."""
+        job, data = self._read(job_id, None, with_vectors=True)
+        if data is None or job.dimensions is None:
+            return job, None
+        return job, self._rows(job, data)
+
+    def _read(
+        self, job_id: str, owner: str | None, with_vectors: bool = False
+    ) -> tuple[Job, bytes | None]:
         shared_id, _, index = job_id.partition(MEMBER_SEP)
-        fields = (*self._FIELDS, "members", f"cancelled:{index}")
+        fields = (*self._FIELDS, "members", f"cancelled:{index}", *["vectors"][:with_vectors])
         raw = dict(zip(fields, self.redis.hmget(redis_keys.job(shared_id), fields), strict=True))
         if raw["status"] is None:
             raise JobNotFound(job_id)
@@ -192,12 +209,17 @@ class JobStore:
             )
         if owner is not None and job_owner != owner.encode():
             raise JobNotFound(job_id)
-        return job
+        return job, raw.get("vectors")
 
     def vectors(self, job: Job) -> np.ndarray:
         data = self.redis.hget(redis_keys.job(job.id.partition(MEMBER_SEP)[0]), "vectors")
         if data is None or job.dimensions is None:
             raise JobNotFound(job.id)
+        return self._rows(job, data)
+
+    @staticmethod
+    def _rows(job: Job, data: bytes) -> np.ndarray:
+        assert job.dimensions is not None
         matrix = vectors.unpack(data, job.dimensions)
         return matrix if job.rows is None else matrix[job.rows[0] : job.rows[1]]
 
@@ -207,21 +229,27 @@ class JobStore:
         to: JobStatus,
         allowed: tuple[JobStatus, ...],
         signal: bool,
+        before: Callable[[Pipeline], object] | None = None,
         **fields: object,
     ) -> bool:
+        """`before`: commands to send ahead of the move, in the same round trip."""
         args: list[object] = [to.value, ",".join(s.value for s in allowed)]
         args.append(DONE_SIGNAL_TTL_SECONDS if signal else 0)
         for name, value in fields.items():
             args += [name, value]
-        result = self._transition(
-            keys=[redis_keys.job(job_id), redis_keys.job_done(job_id), redis_keys.JOB_STATS],
-            args=args,
-        )
-        return result == b"ok"
+        keys = [redis_keys.job(job_id), redis_keys.job_done(job_id), redis_keys.JOB_STATS]
+        if before is None:
+            return self._transition(keys=keys, args=args) == b"ok"
+        with self.redis.pipeline(transaction=False) as pipe:
+            before(pipe)
+            pipe.eval(_TRANSITION, len(keys), *keys, *args)
+            return pipe.execute()[-1] == b"ok"
 
-    def start(self, job_id: str) -> bool:
+    def start(self, job_id: str, before: Callable[[Pipeline], object] | None = None) -> bool:
         """queued (or running, when a task is redelivered after a crash) -> running."""
-        return self._move(job_id, JobStatus.RUNNING, ACTIVE, False, started_at=repr(time.time()))
+        return self._move(
+            job_id, JobStatus.RUNNING, ACTIVE, False, before, started_at=repr(time.time())
+        )
 
     def succeed(self, job_id: str, matrix: np.ndarray) -> bool:
         return self._move(
@@ -230,11 +258,13 @@ class JobStore:
             finished_at=repr(time.time()),
         )  # fmt: skip
 
-    def fail(self, job_id: str, error_type: str, message: str) -> bool:
+    def fail(
+        self, job_id: str, error_type: str, message: str,
+        before: Callable[[Pipeline], object] | None = None,
+    ) -> bool:  # fmt: skip
         error = json.dumps({"type": error_type, "message": message})
-        return self._move(
-            job_id, JobStatus.FAILED, ACTIVE, True, error=error, finished_at=repr(time.time())
-        )
+        return self._move(job_id, JobStatus.FAILED, ACTIVE, True, before, error=error,
+                          finished_at=repr(time.time()))  # fmt: skip
 
     def cancel(self, job_id: str) -> bool:
         """True if the job (or member) was active and is now cancelled. A shared job is
@@ -259,11 +289,19 @@ class JobStore:
 
     def wait(self, job_id: str, timeout: float) -> Job:
         """Block until the job ends or `timeout` passes; return its latest state."""
+        self._until_done(job_id, timeout)
+        return self.get(job_id)
+
+    def wait_result(self, job_id: str, timeout: float) -> tuple[Job, np.ndarray | None]:
+        """`wait`, then `result`."""
+        self._until_done(job_id, timeout)
+        return self.result(job_id)
+
+    def _until_done(self, job_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             slice_ = round(max(min(left, WAIT_SLICE_SECONDS), 0.01), 3)  # 0 would block forever
             if self.redis.blpop([redis_keys.job_done(job_id)], timeout=slice_):
-                break
+                return
             if self.get(job_id).status.terminal:  # the signal may have gone to another waiter
-                break
-        return self.get(job_id)
+                return

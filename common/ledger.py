@@ -20,6 +20,7 @@ from typing import Literal
 
 import redis
 from pydantic import BaseModel
+from redis.client import Pipeline
 
 from common import redis_keys
 from common.errors import WorkerLost
@@ -70,14 +71,20 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 
-def note(client: redis.Redis, work: Note) -> Entry:
-    """Before sending a task: its note, and the entry the task carries (its task id)."""
+def note(client: redis.Redis, work: Note, pipe: Pipeline | None = None) -> Entry:
+    """Before sending a task: its note, and the entry the task carries (its task id).
+    With `pipe`, the note goes with the commands queued there, in one round trip."""
     task_id = str(uuid.uuid4())
-    seq = client.eval(
+    args = (
         _NOTE, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
         redis_keys.ledger_sequence(work.queue), task_id, repr(time.time()),
         work.model_dump_json(),
     )  # fmt: skip
+    if pipe is None:
+        seq = client.eval(*args)
+    else:
+        pipe.eval(*args)
+        seq = pipe.execute()[-1]
     return Entry(id=task_id, queue=work.queue, seq=int(seq))
 
 

@@ -47,6 +47,7 @@ ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QueueName), *(bulk_lane(q) for
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.REDIS_URL,
+        "broker_transport": "common.broker:Transport",
         # TLS for a rediss:// URL: kombu's connections, and Flower's broker page, take it.
         "broker_use_ssl": tls_options(settings) or None,
         "broker_connection_retry_on_startup": True,
@@ -74,7 +75,9 @@ def celery_config(settings: Settings) -> dict[str, object]:
         "worker_prefetch_multiplier": 1,
         # Events for Flower.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # No task-sent event: a PUBLISH per task in the API, for a state Flower does not need
+        # (the workers report received, started and done).
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
     }
 

@@ -110,8 +110,13 @@ class Settings(BaseSettings):
     ] = 2048
     SYNC_GATHER_MS: Annotated[
         float,
-        Field(ge=0, le=1000, description="Longest wait to gather concurrent sync calls; 0: off."),
-    ] = 2.0
+        Field(
+            ge=0,
+            le=1000,
+            description="Longest a sync call waits, while its model's last task is in flight, to "
+            "be sent with others; 0: off.",
+        ),
+    ] = 10.0
     MAX_UPLOAD_BYTES: Annotated[
         int, Field(ge=1024, description="Largest index-job upload (streamed, never in memory).")
     ] = 8 * 1024**3

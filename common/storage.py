@@ -22,12 +22,18 @@ from common import redis_keys
 QUEUED = "queued"
 PARTS = ("bytes", "until", "total")
 
-# KEYS: (bytes, until, total) per bucket. ARGV: item ('' : only check), size, expiry
-# (epoch ms), now (epoch ms), then one limit per bucket (0: none).
-# Returns {0, 0} when held, else {the 1-based bucket that is full, its bytes held}.
+# KEYS: (bytes, until, total) per bucket, then a queue. ARGV: item ('' : only check), size,
+# expiry (epoch ms), now (epoch ms), the queue's longest length (0: no queue), then one
+# limit per bucket (0: none). Returns {0, 0} when held, {-1, its length} when the queue is
+# too long, else {the 1-based bucket that is full, its bytes held}.
 _HOLD = """
-local n = #KEYS / 3
+local n = math.floor(#KEYS / 3)
 local item, size, expiry, now = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local longest = tonumber(ARGV[5])
+if longest > 0 then
+  local length = redis.call('LLEN', KEYS[#KEYS])
+  if length > longest then return {-1, length} end
+end
 for b = 0, n - 1 do
   local sizes, times, total = KEYS[b * 3 + 1], KEYS[b * 3 + 2], KEYS[b * 3 + 3]
   local gone = redis.call('ZRANGEBYSCORE', times, '-inf', now)
@@ -40,7 +46,7 @@ for b = 0, n - 1 do
   end
   if #gone > 0 then redis.call('ZREMRANGEBYSCORE', times, '-inf', now) end
   local used = tonumber(redis.call('GET', total) or '0')
-  local limit = tonumber(ARGV[5 + b])
+  local limit = tonumber(ARGV[6 + b])
   if limit > 0 and used + size > limit then return {b + 1, used} end
 end
 if item == '' then return {0, 0} end
@@ -100,23 +106,38 @@ def _keys(buckets: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Full:
-    """The bucket that a hold would overfill, and the bytes it holds now."""
+    """The bucket that a hold would overfill, and the bytes it holds now; or (`queue`) the
+    queue that is too long, and its length."""
 
     bucket: str
     used: int
+    queue: bool = False
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A queue whose length a hold checks first, in the same round trip."""
+
+    name: str
+    longest: int
 
 
 def hold(
     client: redis.Redis, buckets: list[str], limits: list[int], size: int, item: str | None,
-    ttl_seconds: float,
+    ttl_seconds: float, queue: Queue | None = None,
 ) -> Full | None:  # fmt: skip
     """Hold `size` bytes under `item` in each bucket for at most `ttl_seconds` (item None:
-    only check); the bucket it would overfill (limit 0: none), or None when it fits."""
+    only check); the bucket it would overfill (limit 0: none), or the `queue` if it is
+    longer than it may be, or None when it fits."""
     now = int(time.time() * 1000)
     expiry = now + int(ttl_seconds * 1000)
-    reply = client.eval(_HOLD, len(buckets) * 3, *_keys(buckets), item or "", size, expiry,
-                        now, *limits)  # fmt: skip
+    keys = _keys(buckets) + ([queue.name] if queue else [])
+    reply = client.eval(_HOLD, len(keys), *keys, item or "", size, expiry, now,
+                        queue.longest if queue else 0, *limits)  # fmt: skip
     full, used = (int(x) for x in reply)
+    if full < 0:
+        assert queue is not None
+        return Full(queue.name, used, queue=True)
     return Full(buckets[full - 1], used) if full else None
 
 
@@ -125,7 +146,7 @@ def release(client: redis.Redis, buckets: list[str], item: str) -> None:
 
 
 def started(client: redis.Redis, holds: list[Hold]) -> None:
-    """At the start of a task: its texts no longer wait."""
+    """At the start of a task: its texts no longer wait (a pipeline: in its round trip)."""
     for held in holds:
         release(client, task_buckets(held.owner), held.item)
 

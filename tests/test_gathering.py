@@ -1,5 +1,6 @@
 """api/gathering.py: concurrent calls with one key become one send, each call keeps its
-own outcome, and a lone call never waits for company."""
+own outcome, a lone call never waits for company, and a group goes as soon as the send in
+flight before it lands."""
 
 from __future__ import annotations
 
@@ -37,16 +38,12 @@ class Recorder:
 
 
 def call(gatherer: Gatherer[int, list[int], int], key: str, item: int, size: int = 1) -> int:
-    ticket: Ticket[int, int] | None = None
-    try:
-        ticket = gatherer.submit(key, item, size)
-        assert ticket.done.wait(20)
-        if ticket.error:
-            raise ticket.error
-        assert ticket.result is not None
-        return ticket.result
-    finally:
-        gatherer.finished(key)
+    ticket: Ticket[int, int] = gatherer.submit(key, item, size)
+    assert ticket.done.wait(20)
+    if ticket.error:
+        raise ticket.error
+    assert ticket.result is not None
+    return ticket.result
 
 
 def concurrently(
@@ -120,3 +117,29 @@ def test_a_failure_reaches_every_call_of_the_group(where: str) -> None:
     expected = ConnectionError if where == "send" else TimeoutError
     assert all(isinstance(outcomes[i], expected) for i in (1, 2, 3)), outcomes
     assert len(rec.sends) == 1
+
+
+def test_a_group_goes_when_the_send_before_it_lands() -> None:
+    """The window is only the longest wait: the gathered calls go once the blocker's send
+    is collected, long before 30 s."""
+    rec = Recorder()
+    gatherer = Gatherer(rec.send, rec.collect, window_s=30.0, max_size=100)
+    blocker = threading.Thread(target=call, args=(gatherer, "k", BLOCKER))
+    blocker.start()
+    time.sleep(0.05)
+    outcomes: dict[int, int] = {}
+    threads = [
+        threading.Thread(target=lambda i=i: outcomes.__setitem__(i, call(gatherer, "k", i)))
+        for i in (1, 2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)
+    assert rec.sends == [[BLOCKER]]  # 1 and 2 wait: the blocker is still in flight
+    started = time.monotonic()
+    rec.release.set()
+    for thread in [blocker, *threads]:
+        thread.join(10)
+    assert time.monotonic() - started < 5
+    assert outcomes == {1: 2, 2: 4}
+    assert rec.sends == [[BLOCKER], [1, 2]]

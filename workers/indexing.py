@@ -11,7 +11,6 @@ import numpy as np
 import redis
 from celery import Celery, current_app
 
-from common import ledger, storage
 from common.errors import JobNotFound, ServiceError
 from common.index_jobs import Settled
 from common.jobs import JobStatus
@@ -20,7 +19,7 @@ from common.schemas import IndexBatchTask, IndexFinishTask
 from common.sinks import JobManifest, SinkBatch, SinkError
 from common.vectors import pack
 from workers import metrics, runtime
-from workers.tasks import compute, requeue_on_storage_error
+from workers.tasks import compute, requeue_on_storage_error, taken
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +43,9 @@ def index_batch(payload: dict[str, object]) -> None:
 
 def _index_batch(task: IndexBatchTask) -> None:
     rt = runtime.current()
-    if task.ledger:
-        ledger.started(rt.redis, task.ledger)
-    storage.started(rt.redis, task.holds)
+    with rt.redis.pipeline(transaction=False) as pipe:
+        taken(pipe, task)
+        pipe.execute()
     jobs = rt.index_jobs
     attempt, started = uuid.uuid4().hex, time.time()
     status = jobs.begin(task.job_id, task.batch, attempt)

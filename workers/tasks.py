@@ -15,7 +15,7 @@ from celery.exceptions import Reject
 from common import dimensions, ledger, storage
 from common.errors import DeadlineExceeded, ServiceError
 from common.queueing import EMBED_TASK
-from common.schemas import EmbedTask
+from common.schemas import EmbedTask, IndexBatchTask
 from common.vectors import normalize, unpack_row
 from workers import metrics, runtime
 
@@ -75,16 +75,22 @@ def embed(payload: dict[str, object]) -> None:
         _embed(task)
 
 
+def taken(client: redis.Redis, task: EmbedTask | IndexBatchTask) -> None:
+    """A task has started: its message is unacked now, so its ledger note goes, and its
+    texts no longer wait, so the bytes they held go."""
+    if task.ledger:
+        ledger.started(client, task.ledger)
+    storage.started(client, task.holds)
+
+
 def _embed(task: EmbedTask) -> None:
     rt = runtime.current()
-    if task.ledger:
-        ledger.started(rt.redis, task.ledger)
-    storage.started(rt.redis, task.holds)
     if task.deadline is not None and time.time() > task.deadline:
-        rt.jobs.fail(task.job_id, DeadlineExceeded.type, "the client's deadline passed first")
+        rt.jobs.fail(task.job_id, DeadlineExceeded.type, "the client's deadline passed first",
+                     before=lambda pipe: taken(pipe, task))  # fmt: skip
         log.info("job %s dropped: its deadline passed while queued", task.job_id)
         return
-    if not rt.jobs.start(task.job_id):
+    if not rt.jobs.start(task.job_id, before=lambda pipe: taken(pipe, task)):
         log.info("job %s is finished, cancelled or expired: skipped", task.job_id)
         return
     try:
