@@ -3,8 +3,9 @@
 kombu builds a new `redis.Redis` for every publish, event and ack (`conn_or_acquire`):
 the connection comes from the pool, but the client's construction alone was ~7% of a
 worker's CPU and showed in the API's sends. A client over a pool is safe to share between
-threads, so each channel keeps one. Celery loads this class by name (`broker_transport`,
-common/queueing.py), for redis:// and rediss:// URLs alike.
+threads, so each channel keeps one. `install()` makes kombu's `redis` and `rediss` names
+load this class (common/queueing.make_celery calls it), so URLs keep their scheme: Flower's
+broker page, for one, picks its Redis client by it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from functools import cached_property
 
 import redis
+from kombu import transport
 from kombu.transport import redis as kombu_redis
 
 
@@ -29,3 +31,9 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+def install() -> None:
+    for scheme in ("redis", "rediss"):
+        transport.TRANSPORT_ALIASES[scheme] = f"{__name__}:Transport"
+        transport._transport_cache.pop(scheme, None)

@@ -7,6 +7,7 @@ from enum import StrEnum
 from celery import Celery
 from kombu import Queue
 
+from common import broker
 from common.redis_client import tls_options
 from common.settings import Settings
 
@@ -47,7 +48,6 @@ ALL_QUEUES: tuple[str, ...] = (*(q.value for q in QueueName), *(bulk_lane(q) for
 def celery_config(settings: Settings) -> dict[str, object]:
     return {
         "broker_url": settings.REDIS_URL,
-        "broker_transport": "common.broker:Transport",
         # TLS for a rediss:// URL: kombu's connections, and Flower's broker page, take it.
         "broker_use_ssl": tls_options(settings) or None,
         "broker_connection_retry_on_startup": True,
@@ -83,6 +83,7 @@ def celery_config(settings: Settings) -> dict[str, object]:
 
 
 def make_celery(settings: Settings, main: str = "embeddings") -> Celery:
+    broker.install()
     app = Celery(main)
     app.conf.update(celery_config(settings))
     return app
