@@ -6,8 +6,9 @@ every slot, and an interactive message would wait for a whole batch to end befor
 even taken. So each queue's bulk lane (`<queue>-bulk`, common/queueing.bulk_lane) has a
 consumer of its own: a Celery consumer bootstep on its own channel that holds at most
 INDEX_CONCURRENCY messages and runs them on as many threads, while the batcher serves
-interactive texts first (workers/batcher.py). A message is acked once its task returns,
-as with Celery's acks_late, so kombu's unacked hash, the visibility timeout and the
+interactive texts first (workers/batcher.py). It sends the task events Celery's pool would
+(received, started, succeeded), so Flower shows bulk work too. A message is acked once its
+task returns, as with Celery's acks_late, so kombu's unacked hash, the visibility timeout and the
 redelivery of a lost worker's messages (workers/redelivery.py) cover it too. The tasks
 are the ones workers/indexing.py registers, found by the name in the message's headers.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,9 +47,10 @@ class BulkLane(bootsteps.ConsumerStep):
 
     executor: ThreadPoolExecutor | None = None
     call_soon: Callable[..., Any] | None = None
+    events: Any = None
 
     def start(self, c: Any) -> None:
-        self.call_soon = c.call_soon
+        self.call_soon, self.events = c.call_soon, c.event_dispatcher
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -63,6 +66,11 @@ class BulkLane(bootsteps.ConsumerStep):
     def _received(self, body: Any, message: Message) -> None:
         with _held_lock:
             held.add(str(message.delivery_tag))
+        headers = message.headers or {}
+        self._event("task-received", message, name=headers.get("task"),
+                    args=headers.get("argsrepr"), kwargs=headers.get("kwargsrepr"),
+                    retries=0, root_id=headers.get("root_id"),
+                    parent_id=headers.get("parent_id"))  # fmt: skip
         assert self.executor is not None
         self.executor.submit(self._handle, body, message)
 
@@ -70,9 +78,23 @@ class BulkLane(bootsteps.ConsumerStep):
         """Run the task, then settle its message on the consumer's thread, which this
         wakes: it takes the next message at once, where an ack from this thread left the
         lane idle until the consumer's loop turned again (up to a second)."""
+        self._event("task-started", message)
+        started = time.monotonic()
         settle = _run(body, message)
         assert self.call_soon is not None
         self.call_soon(_settled, message, settle)
+        if settle == message.ack:
+            self._event("task-succeeded", message, result="None",
+                        runtime=time.monotonic() - started)  # fmt: skip
+        else:  # requeued
+            self._event("task-retried", message, exception="Redis was away")
+
+    def _event(self, kind: str, message: Message, **fields: Any) -> None:
+        """A task event for Flower, as Celery's pool sends for its own tasks, sent from the
+        consumer's thread."""
+        if self.events is not None and self.events.enabled and self.call_soon is not None:
+            uuid = (message.headers or {}).get("id")
+            self.call_soon(self.events.send, kind, uuid=uuid, **fields)
 
     def shutdown(self, c: Any) -> None:
         """A warm stop: the batches in hand finish (and are acked) before the channel goes."""
