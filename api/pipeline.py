@@ -9,13 +9,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from api import dispatch, metrics, quotas, storage
-from api.call import Call
+from api.body import json_body
+from api.call import Call, current
 from api.services import Services
 from common import dimensions, errors, ledger, logs
 from common.jobs import Job, JobStatus
 from common.queueing import EMBED_TASK
 from common.registry import ModelSpec
-from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask
+from common.schemas import EmbeddingRequest, EmbedOptions, EmbedTask, parse_request
 from common.storage import Hold, text_bytes
 from common.tokenization import char_limit, cut_at, token_lengths
 
@@ -57,6 +58,13 @@ def prepare(svc: Services, request: EmbeddingRequest, call: Call) -> Prepared:
     tokens = [min(n, spec.max_tokens) for n in lengths]
     metrics.note_model(spec, sum(tokens), len(texts))
     return Prepared(spec, texts, tokens, request.options, request.encoding_format)
+
+
+def prepare_native(svc: Services) -> tuple[Prepared, Call]:
+    """The native front's body (POST /api/v1/embeddings, /api/v1/jobs), parsed and
+    prepared, with the call it came in."""
+    call = current()
+    return prepare(svc, parse_request(json_body(), svc.settings.MAX_INPUTS), call), call
 
 
 def bounded(spec: ModelSpec, texts: list[str], truncate: bool) -> list[str]:

@@ -5,22 +5,16 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from api import pipeline
-from api.body import json_body
-from api.call import current
 from api.render import embeddings_body, json_response
 from api.services import services
 from api.sync_calls import embed_now
-from common.schemas import parse_request
 
 bp = Blueprint("embeddings", __name__)
 
 
 @bp.post("/api/v1/embeddings")
 def create_embeddings() -> Response:
-    svc = services()
-    req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    call = current()
-    prep = pipeline.prepare(svc, req, call)
+    prep, call = pipeline.prepare_native(services())
     outcome = embed_now(prep, call)
     body = embeddings_body(
         outcome.model, outcome.matrix, outcome.prompt_tokens, prep.encoding_format

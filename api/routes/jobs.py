@@ -6,11 +6,8 @@ from flask import Blueprint, Response, url_for
 
 from api import pipeline
 from api.auth import owner_filter
-from api.body import json_body
-from api.call import current
 from api.render import job_body, json_response
 from api.services import services
-from common.schemas import parse_request
 
 bp = Blueprint("jobs", __name__)
 
@@ -18,9 +15,8 @@ bp = Blueprint("jobs", __name__)
 @bp.post("/api/v1/jobs")
 def create_job() -> Response:
     svc = services()
-    req = parse_request(json_body(), svc.settings.MAX_INPUTS)
-    call = current()
-    job_id = pipeline.submit(svc, pipeline.prepare(svc, req, call), call)
+    prep, call = pipeline.prepare_native(svc)
+    job_id = pipeline.submit(svc, prep, call)
     status_url = url_for("jobs.get_job", job_id=job_id)
     body = {"id": job_id, "status": "queued", "status_url": status_url}
     return json_response(body, 202, headers={"Location": status_url})
