@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -80,6 +81,18 @@ def test_batcher_merges_requests_dedups_and_returns_each_its_rows() -> None:
     assert len(encoder.calls) == 2  # the warm-up pass, then one pass for ten requests
     assert encoder.calls[1].count("same") == 1
     assert passes[1].texts == 21  # 10 + 10 distinct + "same" once
+
+
+def test_a_lone_caller_does_not_wait_for_company() -> None:
+    """wait_s is for collections after one that had company; a caller alone goes at once."""
+    encoder = CountingEncoder()
+    encoder.gate.set()
+    batcher = Batcher(encoder, 64, 10_000, wait_s=30.0, overhead_tokens=48)
+    for text in ("one", "after", "another"):
+        started = time.monotonic()
+        batcher.submit([text], [1]).result(10)
+        assert time.monotonic() - started < 5
+    assert encoder.calls == [["one"], ["after"], ["another"]]
 
 
 def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:

@@ -2,7 +2,8 @@
 
 Task threads submit their texts with token counts and wait on a future. One model thread
 takes whatever is queued when it is free (waiting at most `wait_s` after the first item
-for more), up to a token budget; embeds each distinct text once; sorts the texts by
+for more, while the last collection had company: a lone caller does not wait), up to a
+token budget; embeds each distinct text once; sorts the texts by
 length and cuts them into the passes of least padded cost (`plan_passes`), of at most
 `batch_size` texts and `max_tokens` padded tokens each; then gives each submitter its own
 rows in its own order. While the model is busy new requests pile up, so batches grow with
@@ -148,6 +149,8 @@ class Batcher:
         self._bulk: deque[_Pending] = deque()
         self._ready = threading.Condition()
         self._bulk_waited = False
+        self._company = False
+        """Whether the last collection held more than one item: then the next waits."""
         self._thread = threading.Thread(
             target=self._run, name=f"batcher-{encoder.name}", daemon=True
         )
@@ -189,7 +192,7 @@ class Batcher:
         with self._ready:
             while not self._interactive and not self._bulk:
                 self._ready.wait()
-            deadline = time.monotonic() + self.wait_s
+            deadline = time.monotonic() + (self.wait_s if self._company else 0.0)
             while tokens < self.max_tokens:
                 if self._interactive:
                     item = self._interactive.popleft()
@@ -203,6 +206,7 @@ class Batcher:
             self._bulk_waited = bool(self._bulk) and not take
             if take:
                 batch.append(self._bulk.popleft())
+            self._company = len(batch) > 1
         return batch
 
     def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:
