@@ -49,6 +49,12 @@ class BulkLane(bootsteps.ConsumerStep):
     call_soon: Callable[..., Any] | None = None
     events: Any = None
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._unsettled: dict[str, Callable[[], None]] = {}
+        """Messages whose task is done, by tag: how to settle each (ack or requeue)."""
+        self._unsettled_lock = threading.Lock()
+
     def start(self, c: Any) -> None:
         self.call_soon, self.events = c.call_soon, c.event_dispatcher
         super().start(c)
@@ -81,13 +87,24 @@ class BulkLane(bootsteps.ConsumerStep):
         self._event("task-started", message)
         started = time.monotonic()
         settle = _run(body, message)
+        tag = str(message.delivery_tag)
+        with self._unsettled_lock:
+            self._unsettled[tag] = settle
         assert self.call_soon is not None
-        self.call_soon(_settled, message, settle)
+        self.call_soon(self._settle, tag)
         if settle == message.ack:
             self._event("task-succeeded", message, result="None",
                         runtime=time.monotonic() - started)  # fmt: skip
         else:  # requeued
             self._event("task-retried", message, exception="Redis was away")
+
+    def _settle(self, tag: str) -> None:
+        with self._unsettled_lock:
+            entry = self._unsettled.pop(tag, None)
+        if entry is not None:
+            entry()
+            with _held_lock:
+                held.discard(tag)
 
     def _event(self, kind: str, message: Message, **fields: Any) -> None:
         """A task event for Flower, as Celery's pool sends for its own tasks, sent from the
@@ -100,6 +117,8 @@ class BulkLane(bootsteps.ConsumerStep):
         """A warm stop: the batches in hand finish (and are acked) before the channel goes."""
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+        for tag in list(self._unsettled):  # the consumer's loop has stopped: settle them here
+            self._settle(tag)
         super().shutdown(c)
 
 
@@ -118,12 +137,6 @@ def _run(body: Any, message: Message) -> Callable[[], None]:
     finally:
         logs.clear()
     return message.ack
-
-
-def _settled(message: Message, settle: Callable[[], None]) -> None:
-    settle()
-    with _held_lock:
-        held.discard(str(message.delivery_tag))
 
 
 def held_tags() -> list[str]:
