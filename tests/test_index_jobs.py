@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -17,8 +19,8 @@ from common.index_jobs import IndexJobStore
 from common.jobs import JobStatus
 from common.settings import Settings, load_settings
 from common.vectors import pack
-from tests.conftest import MODEL
-from tests.helpers import wait_job
+from tests.conftest import MODEL, start_flower, stop
+from tests.helpers import wait_job, wait_until
 
 URL = "/api/v1/index-jobs"
 LONG = " ".join(f"token{i}" for i in range(700))
@@ -259,3 +261,28 @@ def test_a_cancelled_job_results_are_marked_until_it_settles(
     time.sleep(2)  # nothing lands after the settle
     assert client.get(job["status_url"]).get_json()["chunks"] == final["chunks"]
     assert len(results(client, job["id"])) == len(rows)
+
+
+def test_flower_sees_index_batches_run_on_the_bulk_lane(
+    client: FlaskClient, redis_url: str, tmp_path: Path
+) -> None:
+    """Index batches run apart from Celery's pool; the lane sends their task events itself,
+    so Flower sees each one succeed. (Flower only hears events sent after it subscribed:
+    each try sends a new job.)"""
+    auth = ("admin", "flower-pw")  # Flower's API answers only behind auth
+    flower, url = start_flower(redis_url, tmp_path / "flower.log", FLOWER_BASIC_AUTH=":".join(auth))
+
+    def run_a_job() -> dict[str, dict]:
+        created = client.post("/api/v1/index-jobs", json={"documents": [{"id": "a", "text": "x"}]})
+        assert created.status_code == 202, created.get_json()
+        job = wait_job(lambda: client.get(created.get_json()["status_url"]).get_json())
+        assert job["status"] == "succeeded", job
+        return requests.get(f"{url}/api/tasks", auth=auth, timeout=10).json()
+
+    try:
+        wait_until(run_a_job, lambda found: any(
+            t["name"] == "embeddings.index_batch" and t["state"] == "SUCCESS"
+            for t in found.values()
+        ), 60, 1)  # fmt: skip
+    finally:
+        stop(flower)
