@@ -45,9 +45,10 @@ _held_lock = threading.Lock()
 class BulkLane(bootsteps.ConsumerStep):
     """Consume the worker's bulk lanes with INDEX_CONCURRENCY messages in flight."""
 
+    requires = ("celery.worker.consumer:Connection", "celery.worker.consumer:Events")
     executor: ThreadPoolExecutor | None = None
     call_soon: Callable[..., Any] | None = None
-    events: Any = None
+    consumer: Any = None
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -56,7 +57,7 @@ class BulkLane(bootsteps.ConsumerStep):
         self._unsettled_lock = threading.Lock()
 
     def start(self, c: Any) -> None:
-        self.call_soon, self.events = c.call_soon, c.event_dispatcher
+        self.call_soon, self.consumer = c.call_soon, c
         super().start(c)
 
     def get_consumers(self, channel: Any) -> list[Consumer]:
@@ -109,9 +110,10 @@ class BulkLane(bootsteps.ConsumerStep):
     def _event(self, kind: str, message: Message, **fields: Any) -> None:
         """A task event for Flower, as Celery's pool sends for its own tasks, sent from the
         consumer's thread."""
-        if self.events is not None and self.events.enabled and self.call_soon is not None:
+        events = getattr(self.consumer, "event_dispatcher", None)  # made by the Events step
+        if events is not None and events.enabled and self.call_soon is not None:
             uuid = (message.headers or {}).get("id")
-            self.call_soon(self.events.send, kind, uuid=uuid, **fields)
+            self.call_soon(events.send, kind, uuid=uuid, **fields)
 
     def shutdown(self, c: Any) -> None:
         """A warm stop: the batches in hand finish (and are acked) before the channel goes."""
