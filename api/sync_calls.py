@@ -3,9 +3,9 @@ wait for it, up to REQUEST_TIMEOUT_SECONDS (or the client's X-Request-Timeout).
 
 Concurrent calls for the same model, queue and options in one API process share one task
 (api/gathering.py; while one is in flight the next gathers, up to SYNC_GATHER_MS): one
-job record with a member per call (common/jobs.py), one ledger
-note, one message, one result write and one waiter, and each call takes its own rows. A
-call that times out answers 504 with its member's id, which polls like any job.
+job record with a member per call (common/jobs.py), one ledger note, one message, one
+result write and one waiter, and each call takes its own rows. A call that times out
+answers 504 with its member's id, which polls like any job.
 """
 
 from __future__ import annotations

@@ -174,7 +174,9 @@ class JobStore:
         self, job_id: str, owner: str | None, with_vectors: bool = False
     ) -> tuple[Job, bytes | None]:
         shared_id, _, index = job_id.partition(MEMBER_SEP)
-        fields = (*self._FIELDS, "members", f"cancelled:{index}", *["vectors"][:with_vectors])
+        fields = (*self._FIELDS, "members", f"cancelled:{index}")
+        if with_vectors:
+            fields += ("vectors",)
         raw = dict(zip(fields, self.redis.hmget(redis_keys.job(shared_id), fields), strict=True))
         if raw["status"] is None:
             raise JobNotFound(job_id)
