@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     BATCH_WAIT_MS: Annotated[
         float, Field(ge=0, le=1000, description="Longest wait for more requests to batch.")
     ] = 2.0
+    TASK_EVENTS_FLUSH_MS: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=5000,
+            description="Longest a worker holds task events for Flower, to send them in one "
+            "message; 0: Celery's own pace (a message per turn of its loop).",
+        ),
+    ] = 100.0
     MAX_BATCH_TOKENS: Annotated[
         int, Field(ge=16, description="Token budget of one collection and of one padded pass.")
     ] = 16384

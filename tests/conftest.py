@@ -41,6 +41,10 @@ Redis); tests of auth itself set AUTH_REQUIRED or make keys on a Redis of their 
 
 def service_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ, REDIS_URL=redis_url, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    # One torch thread per process: the suite runs its API, workers, Redis and Postgres on
+    # few cores, where OpenMP's spinning threads crawl (a SIGKILL test beside three busy
+    # loops on 2 cores: 159 s with torch's default threads, 73 s with one).
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.update(GENEROUS_LIMITS)
     env.update(OPEN_MODE)
     env.update(extra)

@@ -20,6 +20,7 @@ from common.queueing import bulk_lane, make_celery
 from common.settings import SettingsError, get_settings
 from workers import background, indexing, metrics, runtime, task_logs, tasks
 from workers.bulk_lane import BulkLane
+from workers.event_pacing import EventPacing
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ task_logs.install(settings)
 app = make_celery(settings)
 tasks.register(app)
 indexing.register(app)
-app.steps["consumer"].add(BulkLane)
+app.steps["consumer"].update([BulkLane, EventPacing])
 _stop_threads = threading.Event()
 
 

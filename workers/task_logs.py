@@ -4,7 +4,7 @@ Connecting `setup_logging` makes Celery leave logging to common/logs.py (JSON li
 stderr, or readable ones with LOG_FORMAT=console; LOG_LEVEL and RUST_LOG). The API sends
 a `request_id` header with every task (common/logs.send_options); `task_prerun` binds it,
 with the job id and model from the payload, for every line the task logs, and
-`task_postrun` clears it.
+`task_postrun` clears it. Celery's own per-task lines show only at debug.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from common import logs
 from common.settings import Settings
 from workers.metrics import header
 
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
 _settings: Settings | None = None
 _installed = False
 
@@ -29,6 +30,12 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
         level = logging.getLevelName(loglevel).lower()
     rust_log, log_format = (_settings.RUST_LOG, _settings.LOG_FORMAT) if _settings else (None, None)
     logs.configure(level, rust_log, "worker", log_format)
+    root, targets = logs.levels(level, rust_log)
+    # Each task's line is workers.metrics' (request id, job, model, outcome, seconds):
+    # Celery's own "received" and "succeeded" lines show at debug, or named in RUST_LOG.
+    for name in CELERY_TASK_LOGGERS:
+        if root > logging.DEBUG and name not in targets:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _prerun(task_id: str, task: Task, args: Any = None, **_: Any) -> None:
