@@ -8,6 +8,7 @@ metadata along with its texts, so Redis keeps only what progress needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import islice
 
 import orjson
 
@@ -24,6 +25,9 @@ from common.registry import ModelSpec
 from common.schemas import EmbedOptions, IndexBatchTask, IndexJobOptions
 from common.sinks import SinkConfig
 from common.storage import text_bytes
+
+CHUNKING_DOCS = 256
+"""Documents the tokenizer chunks in one call."""
 
 
 @dataclass(frozen=True)
@@ -182,9 +186,12 @@ def submit(svc: Services, upload: Upload, call: Call, cache_control: str | None)
                         size=upload.size)  # fmt: skip
     svc.index_jobs.add_rejected(planner.job_id, upload.rejected)
     tokenizer = spec.tokenizer_file()
-    for doc in upload.documents():
-        chunks = chunking.split(tokenizer, doc.text, max_tokens, overlap)
-        pieces = [Piece(doc.text[c.start : c.end], c.tokens, c.index, c.start, c.end)
-                  for c in chunks]  # fmt: skip
-        planner.add(str(doc.id), pieces, doc.metadata)
+    documents = upload.documents()
+    while docs := list(islice(documents, CHUNKING_DOCS)):
+        texts = [doc.text for doc in docs]
+        for doc, chunks in zip(docs, chunking.split_many(tokenizer, texts, max_tokens, overlap),
+                               strict=True):  # fmt: skip
+            pieces = [Piece(doc.text[c.start : c.end], c.tokens, c.index, c.start, c.end)
+                      for c in chunks]  # fmt: skip
+            planner.add(str(doc.id), pieces, doc.metadata)
     return finish(planner)

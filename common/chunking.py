@@ -30,9 +30,9 @@ def _windows(count: int, size: int, overlap: int) -> list[tuple[int, int]]:
     return [(s, min(s + size, count)) for s in starts]
 
 
-def by_tokens(tokenizer_file: Path, text: str, max_tokens: int, overlap: int) -> list[Chunk]:
-    encoding = load(tokenizer_file).encode(text, add_special_tokens=False)
-    offsets = encoding.offsets
+def _token_chunks(
+    text: str, offsets: list[tuple[int, int]], max_tokens: int, overlap: int
+) -> list[Chunk]:
     size = max(max_tokens - SPECIAL_TOKENS, 1)
     if len(offsets) <= size:
         return [Chunk(0, 0, len(text), len(offsets) + SPECIAL_TOKENS)]
@@ -57,7 +57,19 @@ def by_characters(text: str, max_tokens: int, overlap: int) -> list[Chunk]:
         start = max(end - back, start + 1)
 
 
+def split_many(
+    tokenizer_file: Path | None, texts: list[str], max_tokens: int, overlap: int
+) -> list[list[Chunk]]:
+    """Each text's chunks. The tokenizer takes the texts in one call: tokenizers runs them in
+    parallel, without the GIL, at a fraction of a call per text's cost."""
+    if tokenizer_file is None:
+        return [by_characters(text, max_tokens, overlap) for text in texts]
+    encodings = load(tokenizer_file).encode_batch(texts, add_special_tokens=False)
+    return [
+        _token_chunks(text, encoding.offsets, max_tokens, overlap)
+        for text, encoding in zip(texts, encodings, strict=True)
+    ]
+
+
 def split(tokenizer_file: Path | None, text: str, max_tokens: int, overlap: int) -> list[Chunk]:
-    if tokenizer_file is not None:
-        return by_tokens(tokenizer_file, text, max_tokens, overlap)
-    return by_characters(text, max_tokens, overlap)
+    return split_many(tokenizer_file, [text], max_tokens, overlap)[0]

@@ -15,8 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from api.app import create_app
+from common.chunking import Chunk, split, split_many
 from common.index_jobs import IndexJobStore
 from common.jobs import JobStatus
+from common.registry import load_registry
 from common.settings import Settings, load_settings
 from common.vectors import pack
 from tests.conftest import MODEL, start_flower, stop
@@ -67,6 +69,16 @@ def test_json_submission_chunks_documents_and_returns_every_chunk_once(
         alone = client.post("/api/v1/embeddings", json={"input": chunk_text}).get_json()
         cosine = np.dot(row["embedding"], alone["data"][0]["embedding"])
         assert cosine > 0.9999
+
+
+def test_documents_chunked_together_are_chunked_as_each_alone() -> None:
+    """The API tokenizes a group of documents in one call: no padding, no shared state."""
+    tokenizer = load_registry(load_settings()).get(MODEL).tokenizer_file()
+    texts = [d["text"] for d in DOCS] * 2 + ["", "one", LONG[:900]]
+    together = split_many(tokenizer, texts, 64, 8)
+    assert together == [split(tokenizer, text, 64, 8) for text in texts]
+    assert len(together[0]) == 1 and len(together[1]) > 10
+    assert together[-3] == [Chunk(0, 0, 0, 2)]  # the empty text: [CLS] [SEP]
 
 
 def test_results_as_numpy(client: FlaskClient) -> None:

@@ -30,13 +30,14 @@ from workers.remote import RemoteModels
 
 log = logging.getLogger(__name__)
 
-PASS_OVERHEAD_TOKENS = {"torch": 48, "onnx": 17, "onnx-int8": 17, "debug": 1, "cuda": 4096}
+PASS_OVERHEAD_TOKENS = {"torch": 48, "onnx": 17, "onnx-int8": 17, "debug": 4096, "cuda": 4096}
 """The fixed cost of one forward pass, in padded tokens (workers/batcher.plan_passes), per
 backend. Measured on 2 CPU cores with all-MiniLM-L6-v2: torch costs about 4.5 ms a pass
 plus 0.1 ms per padded token (48 tokens), ONNX Runtime about 17 tokens' worth; so passes
 are cut where lengths jump. On a GPU launches dominate and padding is nearly free, so
 passes stay full (an estimate: no GPU was at hand to measure). The debug backend runs no
-pass at all."""
+pass, so padding costs it nothing and only the number of calls counts: full passes, as
+on a GPU, which it stands in for."""
 
 
 @dataclass
