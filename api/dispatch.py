@@ -63,7 +63,9 @@ def send(
     """Note the task in the ledger (with what `pipe` holds: the job's record, in one round
     trip), then send it by name to the note's queue under the note's task id; `summary`
     stands in for its arguments in logs and Flower."""
-    entry = ledger.note(svc.redis, work, pipe)
+    writes = pipe if pipe is not None else svc.redis.pipeline(transaction=False)
+    task_id = ledger.note(writes, work)
+    entry = ledger.Entry(id=task_id, queue=work.queue, seq=int(writes.execute()[-1]))
     payload = task.model_copy(update={"ledger": entry}).model_dump()
     svc.celery.send_task(
         name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)

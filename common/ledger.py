@@ -71,21 +71,17 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 """
 
 
-def note(client: redis.Redis, work: Note, pipe: Pipeline | None = None) -> Entry:
-    """Before sending a task: its note, and the entry the task carries (its task id).
-    With `pipe`, the note goes with the commands queued there, in one round trip."""
+def note(pipe: Pipeline, work: Note) -> str:
+    """Before sending a task: queue its note on `pipe`; the task's id. Once the pipe has
+    run, the task carries `Entry(id, queue, seq)`, seq being what the note's script returned
+    (the pipe's last result)."""
     task_id = str(uuid.uuid4())
-    args = (
+    pipe.eval(
         _NOTE, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
         redis_keys.ledger_sequence(work.queue), task_id, repr(time.time()),
         work.model_dump_json(),
     )  # fmt: skip
-    if pipe is None:
-        seq = client.eval(*args)
-    else:
-        pipe.eval(*args)
-        seq = pipe.execute()[-1]
-    return Entry(id=task_id, queue=work.queue, seq=int(seq))
+    return task_id
 
 
 def started(client: redis.Redis, entry: Entry) -> None:
