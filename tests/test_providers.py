@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
 from common.errors import ModelNotFound
+from common.queueing import make_celery
 from common.registry import load_registry
 from common.settings import Settings, SettingsError, load_settings
 from tests.conftest import start_worker, stop, wait_for_worker
-from tests.helpers import wait_job
+from tests.helpers import wait_job, wait_until
 from tests.stubs.ollama_stub import OllamaStub
 from tests.stubs.openai_stub import OpenAIStub
 from tests.stubs.server import vector
@@ -322,6 +325,28 @@ def test_500_is_retried_then_a_502_names_the_provider(
     response = post(api, "tiny", fresh(1, "500"))
     error_of(response, 502, "upstream_error", "openai", "HTTP 500")
     assert openai_stub.count("/v1/embeddings") == 3  # 1 + PROVIDER_MAX_RETRIES
+
+
+def test_inspect_replies_name_a_running_task_by_its_summary_never_its_texts(
+    api: FlaskClient, ollama: OllamaStub, settings: Settings
+) -> None:
+    """Flower's worker pages ask the workers what they hold (Celery's inspect commands)."""
+    ollama.behave("hang")
+    secret = fresh(1, "secret")
+    job_id = api.post("/api/v1/jobs", json={"model": "nomic-embed-text", "input": secret})
+    job_id = job_id.get_json()["id"]
+    wait_until(lambda: ollama.count("/api/embed"), bool, 10)  # the task hangs in its call
+    inspect = make_celery(settings).control.inspect(destination=[f"remote@{os.uname().nodename}"],
+                                                    timeout=2)  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not (running := [t for ts in (inspect.active() or {}).values() for t in ts]):
+        assert time.monotonic() < deadline, "the job's task never showed as active"
+        time.sleep(0.1)
+    reserved = inspect.reserved() or {}
+    assert running[0]["args"] == f"job {job_id}: 1 texts"  # the summary the API sent
+    assert secret[0] not in json.dumps([running, reserved])
+    job = wait_job(lambda: api.get(f"/api/v1/jobs/{job_id}").get_json(), timeout=15)
+    assert job["error"]["type"] == "upstream_timeout"  # over before the next test's stub
 
 
 def test_a_hang_past_the_timeout_is_a_504(api: FlaskClient, ollama: OllamaStub) -> None:

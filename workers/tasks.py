@@ -18,6 +18,7 @@ from common.queueing import EMBED_TASK
 from common.schemas import EmbedTask, IndexBatchTask
 from common.vectors import normalize, unpack_row
 from workers import metrics, runtime
+from workers.private_request import PrivateRequest
 
 log = logging.getLogger(__name__)
 
@@ -109,4 +110,4 @@ def _embed(task: EmbedTask) -> None:
 
 
 def register(app: Celery) -> None:
-    app.task(name=EMBED_TASK, ignore_result=True)(embed)
+    app.task(name=EMBED_TASK, ignore_result=True, Request=PrivateRequest)(embed)
