@@ -236,14 +236,22 @@ def line_handler(
     return handler
 
 
+def _repeat_level(root_level: int) -> int:
+    """The level of a logger whose lines repeat ours with less in them (gunicorn's access
+    line, Celery's per-task lines): shown at debug only, unless RUST_LOG names it."""
+    return root_level if root_level <= logging.DEBUG else logging.WARNING
+
+
 def configure(
     log_level: str = "info",
     rust_log: str | None = None,
     service: str = "api",
     log_format: str | None = "json",
+    repeats: tuple[str, ...] = (),
 ) -> None:
     """Send every log record of this process to stderr as lines of `log_format`
-    (LOG_FORMAT; None: resolve_format decides) (idempotent)."""
+    (LOG_FORMAT; None: resolve_format decides) (idempotent). `repeats`: loggers whose
+    lines repeat ours (_repeat_level)."""
     root_level, targets = levels(log_level, rust_log)
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -251,6 +259,8 @@ def configure(
             root.removeHandler(handler)
     root.addHandler(line_handler(service, log_format=log_format))
     root.setLevel(root_level)
+    for name in repeats:
+        logging.getLogger(name).setLevel(_repeat_level(root_level))
     for name, level in targets.items():
         logging.getLogger(name).setLevel(level)
     logging.captureWarnings(True)
@@ -262,7 +272,7 @@ def gunicorn_config(
     """A dictConfig for gunicorn's `logconfig_dict`: its own loggers as our lines too."""
     root_level, targets = levels(log_level, rust_log)
     name = logging.getLevelName(root_level)
-    access = "INFO" if root_level <= logging.DEBUG else "WARNING"
+    access = logging.getLevelName(_repeat_level(root_level))
     handler = {"()": "common.logs.line_handler", "service": "api", "log_format": log_format}
     return {
         "version": 1,

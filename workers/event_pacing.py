@@ -39,7 +39,7 @@ class EventPacing(bootsteps.StartStopStep):
 
         def flush() -> None:
             self._due = False  # first: an event sent during the flush schedules the next
-            c._flush_events()
+            dispatcher.flush()
 
         def schedule() -> None:  # on the loop's thread: its timer is not thread-safe
             c.hub.call_later(delay_ms / 1000, flush)
@@ -54,4 +54,4 @@ class EventPacing(bootsteps.StartStopStep):
     def shutdown(self, c: Any) -> None:
         """Send what waits before the Events step closes the dispatcher."""
         if c.event_dispatcher is not None:
-            c._flush_events()
+            c.event_dispatcher.flush()

@@ -29,13 +29,9 @@ def _setup_logging(loglevel: Any = None, **_: Any) -> None:
     if isinstance(loglevel, int) and loglevel < logging.getLevelName(level.upper()):
         level = logging.getLevelName(loglevel).lower()
     rust_log, log_format = (_settings.RUST_LOG, _settings.LOG_FORMAT) if _settings else (None, None)
-    logs.configure(level, rust_log, "worker", log_format)
-    root, targets = logs.levels(level, rust_log)
     # Each task's line is workers.metrics' (request id, job, model, outcome, seconds):
-    # Celery's own "received" and "succeeded" lines show at debug, or named in RUST_LOG.
-    for name in CELERY_TASK_LOGGERS:
-        if root > logging.DEBUG and name not in targets:
-            logging.getLogger(name).setLevel(logging.WARNING)
+    # Celery's own "received" and "succeeded" lines repeat it with less.
+    logs.configure(level, rust_log, "worker", log_format, repeats=CELERY_TASK_LOGGERS)
 
 
 def _prerun(task_id: str, task: Task, args: Any = None, **_: Any) -> None:
