@@ -1,7 +1,7 @@
 """Where new work goes, and how it is sent: one path for sync calls, jobs and index
 batches. `route` checks the provider (configured, breaker closed) and picks the queue (gpu
-while a CUDA worker is up); `send` notes the task in the ledger (common/ledger.py) and
-sends it by name (the API never imports workers)."""
+while a CUDA worker is up); `send` sends it by name (the API never imports workers), in one
+transaction with its note in the ledger (common/ledger.py) and the job's record."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from redis.client import Pipeline
 
 from api.services import Services
-from common import errors, ledger, logs, providers
+from common import broker, errors, ledger, logs, providers
 from common.breaker import CircuitBreaker
 from common.queueing import QueueName
 from common.registry import ModelSpec, Provider
@@ -57,16 +57,16 @@ def route(svc: Services, spec: ModelSpec) -> str:
 
 
 def send(
-    svc: Services, name: str, task: BaseModel, work: ledger.Note, summary: str,
-    pipe: Pipeline | None = None,
-) -> None:  # fmt: skip
-    """Note the task in the ledger (with what `pipe` holds: the job's record, in one round
-    trip), then send it by name to the note's queue under the note's task id; `summary`
-    stands in for its arguments in logs and Flower."""
-    writes = pipe if pipe is not None else svc.redis.pipeline(transaction=False)
-    task_id = ledger.note(writes, work)
-    entry = ledger.Entry(id=task_id, queue=work.queue, seq=int(writes.execute()[-1]))
-    payload = task.model_copy(update={"ledger": entry}).model_dump()
-    svc.celery.send_task(
-        name, args=[payload], queue=work.queue, task_id=entry.id, **logs.send_options(summary)
-    )
+    svc: Services, name: str, task: BaseModel, work: ledger.Note, summary: str, pipe: Pipeline
+) -> None:
+    """Send the task by name to the note's queue, with its ledger note, in one run of `pipe`
+    (a transaction) after what it already holds: the job's record, or the batch's plan.
+    `summary` stands in for the task's arguments in logs and Flower."""
+    task_id = ledger.note(pipe, work)
+    payload = task.model_copy(update={"ledger": ledger.Entry(id=task_id, queue=work.queue)})
+    with broker.joined(pipe):
+        svc.celery.send_task(
+            name, args=[payload.model_dump()], queue=work.queue, task_id=task_id,
+            **logs.send_options(summary),
+        )  # fmt: skip
+    pipe.execute()

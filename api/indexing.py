@@ -101,7 +101,8 @@ class Planner:
             return
         store = self.svc.index_jobs
         in_redis = {} if self.sink else batch.metadata  # a sink job's travels with the task
-        store.add_batch(self.job_id, self.number, batch.plan, in_redis)
+        pipe = self.svc.redis.pipeline()  # the plan, the note and the message, together
+        store.add_batch(self.job_id, self.number, batch.plan, in_redis, pipe)
         keys = (
             entry_keys(self.spec, self.options, batch.texts, self.generations, self.scope)
             if self.policy.write
@@ -121,7 +122,7 @@ class Planner:
             batch=self.number,
         )  # fmt: skip
         summary = f"index job {self.job_id} batch {self.number}: {len(batch.texts)} chunks"
-        send(self.svc, INDEX_BATCH_TASK, task, work, summary)
+        send(self.svc, INDEX_BATCH_TASK, task, work, summary, pipe)
         self.number += 1
 
 

@@ -112,7 +112,7 @@ def submit(svc: Services, prep: Prepared, call: Call) -> str:
     """An async job: admit it, record it, and send its task."""
     queue, held = admit(svc, prep, call)
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
-    pipe = svc.redis.pipeline()  # the job and its ledger note, in one transaction
+    pipe = svc.redis.pipeline()  # the job, its ledger note and its message, together
     job_id = svc.jobs.create(prep.spec.name, queue, len(prep.texts), sum(prep.tokens),
                              options, call.owner, pipe=pipe)  # fmt: skip
     task = EmbedTask(

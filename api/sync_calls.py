@@ -71,7 +71,7 @@ class SyncCalls:
         members = [Member(p.call.owner, a, b, sum(p.prep.tokens), p.prep.encoding_format)
                    for p, (a, b) in zip(pending, rows, strict=True)]  # fmt: skip
         options = first.prep.options.model_dump() | {"encoding_format": first.prep.encoding_format}
-        pipe = svc.redis.pipeline()  # the job and its ledger note, in one transaction
+        pipe = svc.redis.pipeline()  # the job, its ledger note and its message, together
         job_id = svc.jobs.create(first.prep.spec.name, first.queue, len(texts), sum(tokens),
                                  options, first.call.owner, members, pipe)  # fmt: skip
         deadlines = [p.call.deadline for p in pending]

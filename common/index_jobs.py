@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
 from common import redis_keys
 from common.errors import JobNotFound
@@ -245,20 +246,20 @@ class IndexJobStore:
         return job_id
 
     def add_batch(
-        self, job_id: str, batch: int, plan: list[list[object]], metadata: dict[str, str]
-    ) -> None:
-        """Record a batch's plan ([doc id, chunk, start, end] per row) before it is queued."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(self._part(job_id, "plan"), str(batch), json.dumps(plan))
-            if metadata:
-                pipe.hset(self._part(job_id, "metadata"), mapping=metadata)
-            docs = len({row[0] for row in plan})
-            for name, amount in (("batches_total", 1), ("chunks_total", len(plan)),
-                                 ("docs_total", docs)):  # fmt: skip
-                pipe.hincrby(redis_keys.index_job(job_id), name, amount)
-            for part in ("plan", "metadata"):
-                pipe.expire(self._part(job_id, part), self.ttl)
-            pipe.execute()
+        self, job_id: str, batch: int, plan: list[list[object]], metadata: dict[str, str],
+        pipe: Pipeline,
+    ) -> None:  # fmt: skip
+        """Record a batch's plan ([doc id, chunk, start, end] per row) on `pipe`, the one
+        that queues the batch (api/dispatch.send)."""
+        pipe.hset(self._part(job_id, "plan"), str(batch), json.dumps(plan))
+        if metadata:
+            pipe.hset(self._part(job_id, "metadata"), mapping=metadata)
+        docs = len({row[0] for row in plan})
+        for name, amount in (("batches_total", 1), ("chunks_total", len(plan)),
+                             ("docs_total", docs)):  # fmt: skip
+            pipe.hincrby(redis_keys.index_job(job_id), name, amount)
+        for part in ("plan", "metadata"):
+            pipe.expire(self._part(job_id, part), self.ttl)
 
     def add_rejected(self, job_id: str, failures: dict[str, str]) -> None:
         """Documents refused at submission (when the client asked to skip bad ones)."""

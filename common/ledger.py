@@ -2,12 +2,13 @@
 
 A worker takes a message with BRPOP and records it as unacked a moment later; a worker
 killed in between loses that message, and nothing would ever end its job. So the API
-notes each task here before sending it, with a sequence number per queue, and the task
-removes its note when it starts: from then on its message is unacked until the task is
-done, and kombu redelivers the messages of a dead worker. Workers sweep the notes, one
-worker at a time: a note older than twice the visibility timeout, overtaken in its queue
-(a later one has started), whose message is in neither kombu's unacked set nor the queue,
-was lost; its job, or its index batch, then fails with reason `worker_lost`.
+notes each task here, in the transaction that sends its message (common/broker.joined),
+with a sequence number per queue, and the task removes its note when it starts: from then
+on its message is unacked until the task is done, and kombu redelivers the messages of a
+dead worker. Workers sweep the notes, one worker at a time: a note older than twice the
+visibility timeout, overtaken in its queue (a later one has started), whose message is in
+neither kombu's unacked set nor the queue, was lost; its job, or its index batch, then
+fails with reason `worker_lost`.
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ LOST_MESSAGE = (
 
 
 class Entry(BaseModel):
-    """What a task carries of its note: its Celery task id, queue and place in it."""
+    """What a task carries of its note: its Celery task id and queue (its place in the
+    queue stays in the note)."""
 
     id: str
     queue: str
-    seq: int
 
 
 class Note(BaseModel):
@@ -61,10 +62,13 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return seq
 """
 
-# KEYS: notes hash, times zset, the queue's highest started sequence. ARGV: id, seq.
+# KEYS: notes hash, times zset, the queue's highest started sequence. ARGV: id.
 _STARTED = """
-if tonumber(ARGV[2]) > tonumber(redis.call('GET', KEYS[3]) or '0') then
-  redis.call('SET', KEYS[3], ARGV[2])
+local note = redis.call('HGET', KEYS[1], ARGV[1])
+if not note then return end
+local seq = tonumber(string.match(note, '^%d+'))
+if seq > tonumber(redis.call('GET', KEYS[3]) or '0') then
+  redis.call('SET', KEYS[3], seq)
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -72,9 +76,8 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 
 
 def note(pipe: Pipeline, work: Note) -> str:
-    """Before sending a task: queue its note on `pipe`; the task's id. Once the pipe has
-    run, the task carries `Entry(id, queue, seq)`, seq being what the note's script returned
-    (the pipe's last result)."""
+    """Before its message, on the pipe that sends it: queue a task's note; the task's id,
+    which its `Entry` carries."""
     task_id = str(uuid.uuid4())
     pipe.eval(
         _NOTE, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
@@ -88,7 +91,7 @@ def started(client: redis.Redis, entry: Entry) -> None:
     """At the start of a task: its message is unacked now, so its note goes."""
     client.eval(
         _STARTED, 3, redis_keys.LEDGER, redis_keys.LEDGER_TIMES,
-        redis_keys.ledger_started(entry.queue), entry.id, entry.seq,
+        redis_keys.ledger_started(entry.queue), entry.id,
     )  # fmt: skip
 
 

@@ -215,10 +215,13 @@ def test_sync_calls_are_answered_promptly_while_a_big_index_job_holds_the_queue(
 def test_a_cancel_settles_once_the_started_batches_end(redis_url: str) -> None:
     """`cancelling` while a started batch runs, then `cancelled` with counts that match
     the results; a batch that had not started when the cancel came never writes."""
-    store = IndexJobStore(redis.Redis.from_url(redis_url), 600)
+    client = redis.Redis.from_url(redis_url)
+    store = IndexJobStore(client, 600)
     job = store.create(MODEL, "cpu", "settle-test", 2, {})
-    for batch in range(4):
-        store.add_batch(job, batch, [[f"d{batch}", 0, 0, 1]], {})
+    with client.pipeline() as pipe:
+        for batch in range(4):
+            store.add_batch(job, batch, [[f"d{batch}", 0, 0, 1]], {}, pipe)
+        pipe.execute()
     store.submitted(job)
     row = pack(np.ones((1, 2), np.float32))
     assert store.begin(job, 0, "first") is JobStatus.RUNNING
