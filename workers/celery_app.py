@@ -21,6 +21,7 @@ from common.settings import SettingsError, get_settings
 from workers import background, indexing, metrics, runtime, task_logs, tasks
 from workers.bulk_lane import BulkLane
 from workers.event_pacing import EventPacing
+from workers.private_request import PrivateRequest
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ except SettingsError as error:
 metrics.install()
 task_logs.install(settings)
 app = make_celery(settings)
+app.Task.Request = PrivateRequest  # every task's inspect replies: its summary, not its texts
 tasks.register(app)
 indexing.register(app)
 app.steps["consumer"].update([BulkLane, EventPacing])

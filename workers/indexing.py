@@ -19,7 +19,6 @@ from common.schemas import IndexBatchTask, IndexFinishTask
 from common.sinks import JobManifest, SinkBatch, SinkError
 from common.vectors import pack
 from workers import metrics, runtime
-from workers.private_request import PrivateRequest
 from workers.tasks import compute, requeue_on_storage_error, taken
 
 log = logging.getLogger(__name__)
@@ -131,5 +130,5 @@ def index_finish(payload: dict[str, object]) -> None:
 
 
 def register(app: Celery) -> None:
-    app.task(name=INDEX_BATCH_TASK, ignore_result=True, Request=PrivateRequest)(index_batch)
-    app.task(name=INDEX_FINISH_TASK, ignore_result=True, Request=PrivateRequest)(index_finish)
+    app.task(name=INDEX_BATCH_TASK)(index_batch)
+    app.task(name=INDEX_FINISH_TASK)(index_finish)

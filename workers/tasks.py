@@ -18,7 +18,6 @@ from common.queueing import EMBED_TASK
 from common.schemas import EmbedTask, IndexBatchTask
 from common.vectors import normalize, unpack_row
 from workers import metrics, runtime
-from workers.private_request import PrivateRequest
 
 log = logging.getLogger(__name__)
 
@@ -110,4 +109,4 @@ def _embed(task: EmbedTask) -> None:
 
 
 def register(app: Celery) -> None:
-    app.task(name=EMBED_TASK, ignore_result=True, Request=PrivateRequest)(embed)
+    app.task(name=EMBED_TASK)(embed)
