@@ -17,7 +17,9 @@ package; the client must not be the bottleneck) for `--seconds`:
   - cache hits: one primed text, at 16 connections;
   - an index job of `--index-docs` documents (`--real-index-docs` for the real model),
     passages of the corpus under new ids, 128-token chunks, no-store: chunks/s from the
-    POST to the job seen succeeded.
+    POST to the job seen succeeded;
+  - once, on the debug stack, the floor: GET /v1/models at 16 connections, the lightest
+    route through the same HTTP stack and hooks.
 
 For every load, the CPU each process took per request (API: the gunicorn master and its
 workers; the worker; Redis), read from /proc. Writes bench/results/pipeline-<time>.json;
@@ -47,6 +49,9 @@ from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positiv
 from workload import load_texts
 
 BACKENDS = ("debug", "onnx")
+FLOOR_LABEL = "floor: GET /v1/models, 16 connections"
+"""The lightest route through the same HTTP stack and hooks (auth with its rate-limit
+round trip, logs, metrics): what any request costs before its own work."""
 NO_STORE = {"Cache-Control": "no-store"}
 JSON = {"Content-Type": "application/json"}
 WRK_THREADS = 2
@@ -132,9 +137,9 @@ def add_cpu(figures: Figures, key: str, label: str, cpu: dict[str, float]) -> No
 
 def wrk_load(
     stack: LocalService, key: str, label: str, script: Path, connections: int, texts: int,
-    seconds: int, figures: Figures,
+    seconds: int, figures: Figures, path: str = "/api/v1/embeddings",
 ) -> None:  # fmt: skip
-    url = f"{stack.url}/api/v1/embeddings"
+    url = f"{stack.url}{path}"
     cpu = Cpu(stack)
     with OthersCpu() as others:
         found = wrk.run(url, script, seconds, connections, WRK_THREADS)
@@ -202,6 +207,9 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
                 wrk_load(stack, f"{backend}_{key}", f"{backend}: {label}", scripts[key],
                          connections, per, args.seconds, figures)  # fmt: skip
             cache_hits(stack, folder, args.seconds, figures, f"{backend}_hits")
+            if backend == BACKENDS[0]:
+                wrk_load(stack, "floor", FLOOR_LABEL, wrk.get_script(folder, "floor"), 16, 1,
+                         args.seconds, figures, path="/v1/models")  # fmt: skip
             index_job(stack, f"{backend}_index", texts, docs, figures)
 
 
@@ -209,7 +217,8 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
 
 
 def rows() -> list[Row]:
-    out = [Row("raw_single"), Row("raw_single_p50")]
+    out = [Row("raw_single"), Row("raw_single_p50"), Row("floor"), Row("floor_p50")]
+    out += [Row(f"floor_cpu_{part}") for part in ("api", "redis")]
     for backend in BACKENDS:
         for key in (*LOADS, "hits", "index"):
             name = f"{backend}_{key}"

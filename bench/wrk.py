@@ -63,6 +63,13 @@ def same_body_script(folder: Path, name: str, body: bytes, headers: dict[str, st
     return script
 
 
+def get_script(folder: Path, name: str) -> Path:
+    """Plain GETs of the URL wrk is given."""
+    script = folder / f"{name}.lua"
+    script.write_text("-- written by bench/wrk.py: GET the URL" + PERCENTILES)
+    return script
+
+
 def fresh_texts_script(
     folder: Path, name: str, texts: list[str], per: int, fields: dict[str, str],
     headers: dict[str, str],
