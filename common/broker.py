@@ -10,7 +10,7 @@ broker page, for one, picks its Redis client by it.
 
 `joined(pipe)`: a message published in that block is queued on `pipe`, through kombu's own
 batch hook (the `_publish_batch` of `Channel._put`), and sent when `pipe` runs: with a
-transaction, in one round trip and all or nothing with what else it holds (the job and its
+transaction, in one round trip and one MULTI with what else it holds (the job and its
 ledger note, api/dispatch.py). The broker and the rest share REDIS_URL.
 """
 
