@@ -4,8 +4,9 @@ backend: tokenizer and limits, no forward pass) and with the real model, side by
     .venv/bin/python bench/pipeline.py [--seconds 10] [--index-docs 20000] [--repeat 2]
 
 Raw first, in this process: the real model on ONNX Runtime (the backend the service's CPU
-worker runs), a sequential single-text loop: texts/s and p50. The encoder is released
-before the service starts.
+worker runs), a sequential single-text loop (texts/s and p50), and the same texts 16 at a
+time in the passes the worker's batcher would plan for them: the most that batching alone
+gains here. The encoder is released before the service starts.
 
 Then, per backend (debug, then onnx), Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one
 CPU worker (bench/local_stack.py), and `--repeat` times, each load from wrk (Debian's
@@ -49,6 +50,8 @@ from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positiv
 from workload import load_texts
 
 BACKENDS = ("debug", "onnx")
+RAW_GROUP = 16
+"""Texts a raw pass group holds: the 16 one-text clients' texts, had they come at once."""
 FLOOR_LABEL = "floor: GET /v1/models, 16 connections"
 """The lightest route through the same HTTP stack and hooks (auth with its rate-limit
 round trip, logs, metrics): what any request costs before its own work."""
@@ -84,12 +87,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> None:
-    """The real model in this process on ONNX Runtime, one text at a time."""
+    """The real model in this process on ONNX Runtime: one text at a time, and
+    RAW_GROUP texts at a time in the passes the worker's batcher would plan for them (what
+    batching alone can gain on this machine)."""
     from common.settings import load_settings
+    from common.tokenization import token_lengths
+    from workers.batcher import plan_passes
     from workers.providers.onnx import OnnxEncoder
+    from workers.runtime import PASS_OVERHEAD_TOKENS
 
-    encoder = OnnxEncoder(model_spec(), load_settings().MODEL_CACHE_DIR)
+    spec, settings = model_spec(), load_settings()
+    encoder = OnnxEncoder(spec, settings.MODEL_CACHE_DIR)
+    batch_size = spec.batch_size or settings.BATCH_SIZE
     singles = texts[:count]
+    lengths = [min(n, spec.max_tokens) for n in token_lengths(spec.tokenizer_file(), singles)]
+    groups = [range(i, min(i + RAW_GROUP, count)) for i in range(0, count, RAW_GROUP)]
     for text in singles[:20]:
         encoder.embed([text])
     for _ in range(repeat):
@@ -102,6 +114,16 @@ def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> 
         figures.add("raw_single", "raw ONNX single text", "texts/s", count / sum(seconds),
                     others.percent)  # fmt: skip
         figures.percentiles("raw_single", "raw ONNX single text,", seconds, others.percent, (50,))
+        with OthersCpu() as others:
+            started = time.perf_counter()
+            for group in groups:
+                for indices in plan_passes([lengths[i] for i in group], batch_size,
+                                           settings.MAX_BATCH_TOKENS,
+                                           PASS_OVERHEAD_TOKENS["onnx"]):  # fmt: skip
+                    encoder.embed([singles[group[i]] for i in indices])
+            elapsed = time.perf_counter() - started
+        figures.add("raw_grouped", f"raw ONNX, {RAW_GROUP} texts at a time in planned passes",
+                    "texts/s", count / elapsed, others.percent)  # fmt: skip
     del encoder
     gc.collect()
 
@@ -217,7 +239,8 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
 
 
 def rows() -> list[Row]:
-    out = [Row("raw_single"), Row("raw_single_p50"), Row("floor"), Row("floor_p50")]
+    out = [Row("raw_single"), Row("raw_single_p50"), Row("raw_grouped", "raw_single")]
+    out += [Row("floor"), Row("floor_p50")]
     out += [Row(f"floor_cpu_{part}") for part in ("api", "redis")]
     for backend in BACKENDS:
         for key in (*LOADS, "hits", "index"):
