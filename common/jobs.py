@@ -161,23 +161,20 @@ class JobStore:
     def get(self, job_id: str, owner: str | None = None) -> Job:
         """The job (or member); JobNotFound when unknown, expired, or (with `owner`) someone
         else's."""
-        return self._read(job_id, owner)[0]
+        key, fields = self._fields(job_id, with_vectors=False)
+        return self._parse(job_id, owner, fields, self.redis.hmget(key, fields))[0]
 
-    def result(self, job_id: str) -> tuple[Job, np.ndarray | None]:
-        """The job (or member) and, once it succeeded, its vectors: one round trip."""
-        job, data = self._read(job_id, None, with_vectors=True)
-        if data is None or job.dimensions is None:
-            return job, None
-        return job, self._rows(job, data)
-
-    def _read(
-        self, job_id: str, owner: str | None, with_vectors: bool = False
-    ) -> tuple[Job, bytes | None]:
+    def _fields(self, job_id: str, with_vectors: bool) -> tuple[str, tuple[str, ...]]:
+        """The hash a job (or member) lives in, and the fields that `_parse` reads."""
         shared_id, _, index = job_id.partition(MEMBER_SEP)
         fields = (*self._FIELDS, "members", f"cancelled:{index}")
-        if with_vectors:
-            fields += ("vectors",)
-        raw = dict(zip(fields, self.redis.hmget(redis_keys.job(shared_id), fields), strict=True))
+        return redis_keys.job(shared_id), fields + (("vectors",) if with_vectors else ())
+
+    def _parse(
+        self, job_id: str, owner: str | None, fields: tuple[str, ...], values: list[bytes | None]
+    ) -> tuple[Job, bytes | None]:
+        index = job_id.partition(MEMBER_SEP)[2]
+        raw = dict(zip(fields, values, strict=True))
         if raw["status"] is None:
             raise JobNotFound(job_id)
         job = Job(
@@ -289,21 +286,26 @@ class JobStore:
             self._move(shared_id, JobStatus.CANCELLED, ACTIVE, True, finished_at=repr(time.time()))
         return True
 
-    def wait(self, job_id: str, timeout: float) -> Job:
-        """Block until the job ends or `timeout` passes; return its latest state."""
-        self._until_done(job_id, timeout)
-        return self.get(job_id)
-
     def wait_result(self, job_id: str, timeout: float) -> tuple[Job, np.ndarray | None]:
-        """`wait`, then `result`."""
-        self._until_done(job_id, timeout)
-        return self.result(job_id)
-
-    def _until_done(self, job_id: str, timeout: float) -> None:
+        """Block until the job (or member) ends or `timeout` passes; its latest state and,
+        once it succeeded, its vectors. Each wait is one round trip: the read is pipelined
+        behind the BLPOP, so Redis answers it the moment the wait ends."""
+        key, fields = self._fields(job_id, with_vectors=True)
         deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            slice_ = round(max(min(left, WAIT_SLICE_SECONDS), 0.01), 3)  # 0 would block forever
-            if self.redis.blpop([redis_keys.job_done(job_id)], timeout=slice_):
-                return
-            if self.get(job_id).status.terminal:  # the signal may have gone to another waiter
-                return
+        while True:
+            left = deadline - time.monotonic()
+            with self.redis.pipeline(transaction=False) as pipe:
+                if left > 0:  # a slice of 0 would block forever
+                    pipe.blpop(
+                        [redis_keys.job_done(job_id)],
+                        round(max(min(left, WAIT_SLICE_SECONDS), 0.01), 3),
+                    )
+                pipe.hmget(key, fields)
+                values = pipe.execute()[-1]
+            # The done signal may have gone to another waiter: the state read says.
+            job, data = self._parse(job_id, None, fields, values)
+            if job.status.terminal or deadline - time.monotonic() <= 0:
+                break
+        if data is None or job.dimensions is None:
+            return job, None
+        return job, self._rows(job, data)
