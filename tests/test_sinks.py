@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -37,7 +39,7 @@ from common.sinks import (
     public,
 )
 from common.sinks.parquet import ParquetSink, existing_parts, read_parts
-from common.sinks.pgvector import PgvectorSink, last_copies
+from common.sinks.pgvector import PgvectorSink, last_copies, lock_key
 from tests.pg import pg_url, server_dir  # noqa: F401  (pg_url: the fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +150,11 @@ BAD_FILES = [
         f'[sinks.x]\nkind = "pgvector"\ntable = "t"\ndsn = "{SECRET_DSN}"\ncreate_index = "yes"',
         "sinks.x",
         "create_index must be true or false",
+    ),
+    (
+        f'[sinks.x]\nkind = "pgvector"\ntable = "t"\ndsn = "{SECRET_DSN}"\nstalled_seconds = 0',
+        "sinks.x",
+        "stalled_seconds must be a number of seconds",
     ),
     ('[sinks."bad name!"]\nkind = "parquet"\npath = "/d"', "'bad name!'", "a sink name is"),
     ('[sink.x]\nkind = "parquet"\npath = "/d"', None, "unknown key 'sink'"),
@@ -456,6 +463,46 @@ def test_pgvector_concurrent_writers_keep_the_newest_attempt(
     assert sorted(stored) == sorted((r[0], r[1]) for r in newest.rows)
     for i, row in enumerate(newest.rows):
         np.testing.assert_allclose(stored[row[0], row[1]], newest.vectors[i], rtol=1e-6)
+
+
+def test_pgvector_a_writer_frozen_in_its_transaction_blocks_the_others_only_a_while(
+    pg_url: str,  # noqa: F811
+    table: str,
+) -> None:
+    """A worker frozen (SIGSTOP, a paused VM) inside a write's transaction holds the table's
+    lock; Postgres ends its session after `stalled_seconds`, and the others' writes go on
+    instead of waiting for it to wake."""
+    config = PgvectorSinkConfig("pg", table, dsn=pg_url, stalled_seconds=1)
+    frozen, live = PgvectorSink(config), PgvectorSink(config)
+    live.write(make_batch({"a": 1}, seed=1, written_at=100.0))
+    holding = threading.Event()
+    ended: list[BaseException] = []
+
+    def freeze(conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key("table", table),))
+            holding.set()
+            time.sleep(4)  # frozen: the transaction open, nothing sent
+            conn.execute("SELECT 1")
+
+    def run_frozen() -> None:
+        try:
+            frozen._run("a frozen write", freeze)
+        except SinkError as error:
+            ended.append(error)
+
+    thread = threading.Thread(target=run_frozen)
+    thread.start()
+    assert holding.wait(10)
+    started = time.monotonic()
+    live.write(make_batch({"a": 1}, seed=2, written_at=200.0))
+    waited = time.monotonic() - started
+    thread.join()
+    frozen.close()
+    live.close()
+    assert 0.5 < waited < 3.5, waited  # blocked, then freed at ~1 s, not at the thaw (4 s)
+    assert len(ended) == 1 and "idle-in-transaction" in str(ended[0])
+    assert ended[0].retryable  # on a new connection, should it still hold its claim
 
 
 def test_pgvector_a_document_twice_in_a_batch_keeps_its_last_copy() -> None:

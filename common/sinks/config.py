@@ -9,6 +9,9 @@ kind = "pgvector"
 dsn_env = "PG_DSN"                # or dsn = "postgresql://...": kept out of every message
 table = "chunks"                  # or schema.table
 create_index = true               # an HNSW cosine index when a job finishes
+stalled_seconds = 30              # a writer frozen inside its transaction this long (its
+                                  # worker stopped, paused or cut off) is ended by Postgres,
+                                  # and the locks it held go with it
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class PgvectorSinkConfig:
     create_index: bool = True
     dsn: str | None = field(default=None, repr=False)
     dsn_env: str | None = None
+    stalled_seconds: float = 30.0
 
     def resolve_dsn(self) -> str:
         """The DSN, read from the environment at use time when the file names a variable."""
@@ -59,7 +63,7 @@ SinkConfig = ParquetSinkConfig | PgvectorSinkConfig
 
 _KEYS: dict[str, set[str]] = {
     "parquet": {"kind", "path"},
-    "pgvector": {"kind", "table", "create_index", "dsn", "dsn_env"},
+    "pgvector": {"kind", "table", "create_index", "dsn", "dsn_env", "stalled_seconds"},
 }
 
 
@@ -118,9 +122,13 @@ def _sink(name: str, entry: object) -> SinkConfig:
         raise ValueError("dsn must be a non-empty string")  # never echo its value
     if dsn_env is not None and not (isinstance(dsn_env, str) and ENV_NAME.fullmatch(dsn_env)):
         raise ValueError("dsn_env must name an environment variable")
+    stalled = entry.get("stalled_seconds", 30.0)
+    if isinstance(stalled, bool) or not isinstance(stalled, int | float) or not 0 < stalled <= 3600:
+        raise ValueError("stalled_seconds must be a number of seconds, more than 0, at most 3600")
     return PgvectorSinkConfig(
-        name=name, table=table, create_index=create_index, dsn=dsn, dsn_env=dsn_env
-    )
+        name=name, table=table, create_index=create_index, dsn=dsn, dsn_env=dsn_env,
+        stalled_seconds=float(stalled),
+    )  # fmt: skip
 
 
 def _text(entry: dict[str, object], key: str) -> str:

@@ -225,6 +225,12 @@ class PgvectorSink:
                     if found.fetchone() is None:
                         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
                 self._extension_ready = True
+            # A writer frozen inside a transaction (its worker stopped or cut off) would hold
+            # its locks, and block every other writer, until its connection dies.
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (f"{round(self.config.stalled_seconds * 1000)}ms",),
+            )
             register_vector(conn)
         except BaseException:
             conn.close()
@@ -276,7 +282,8 @@ def describe(error: psycopg.Error, *, connecting: bool) -> tuple[str, bool]:
     state = error.sqlstate or ""
     if state and not connecting and state[:2] not in ("08", "28"):
         primary = (error.diag.message_primary or state).splitlines()[0][:200]
-        return f"{name}: {primary}", state[:2] in ("40", "53", "55", "57", "58")
+        # 25P03: the server ended a session that stalled in its transaction (stalled_seconds)
+        return f"{name}: {primary}", state[:2] in ("40", "53", "55", "57", "58") or state == "25P03"
     if state.startswith("28"):
         return f"{name}: authentication failed", False
     if state == "3D000":
