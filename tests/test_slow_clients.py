@@ -7,6 +7,7 @@ REQUEST_BODY_TIMEOUT_SECONDS (20 s)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import threading
 import time
@@ -45,30 +46,38 @@ class Attack:
 
 async def _hold(host: str, port: int, trickle: bool, until: float, attack: Attack) -> None:
     """One hostile client: connect, send the headers and then a byte a second (`trickle`)
-    or nothing; once the server ends the connection, note how, and open another."""
+    or nothing; once the server ends the connection, note how, and open another.
+
+    One read stays pending the whole time, so an answer that arrives while a byte is being
+    written is kept even when that write then meets the closed connection."""
     while time.monotonic() < until:
         reader, writer = await asyncio.open_connection(host, port)
         opened = time.monotonic()
         attack.open_now += 1
         attack.most_open = max(attack.most_open, attack.open_now)
+        reading = asyncio.ensure_future(reader.read(65536))
         try:
             if trickle:
                 writer.write(SLOW_HEAD)
             while time.monotonic() < until:
                 if trickle:
-                    writer.write(b" ")
-                    await writer.drain()
-                try:
-                    answer = await asyncio.wait_for(reader.read(65536), 1.0)
-                except TimeoutError:
+                    with contextlib.suppress(ConnectionError):  # answered and closed: read it
+                        writer.write(b" ")
+                        await writer.drain()
+                done, _ = await asyncio.wait({reading}, timeout=1.0)
+                if not done:
                     continue
+                try:
+                    answer = reading.result()
+                except ConnectionError:
+                    answer = b""
                 if answer:  # the rest of it, until the server closes
-                    answer += await asyncio.wait_for(reader.read(), 5.0)
+                    with contextlib.suppress(ConnectionError, TimeoutError):
+                        answer += await asyncio.wait_for(reader.read(), 5.0)
                 attack.ended.append((trickle, time.monotonic() - opened, answer))
                 break
-        except ConnectionError:
-            attack.ended.append((trickle, time.monotonic() - opened, b""))
         finally:
+            reading.cancel()
             attack.open_now -= 1
             writer.close()
 
