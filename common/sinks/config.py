@@ -48,6 +48,7 @@ class PgvectorSinkConfig:
     dsn: str | None = field(default=None, repr=False)
     dsn_env: str | None = None
     stalled_seconds: float = 30.0
+    """Postgres ends a write session idle inside its transaction this long (its locks too)."""
 
     def resolve_dsn(self) -> str:
         """The DSN, read from the environment at use time when the file names a variable."""
@@ -122,7 +123,7 @@ def _sink(name: str, entry: object) -> SinkConfig:
         raise ValueError("dsn must be a non-empty string")  # never echo its value
     if dsn_env is not None and not (isinstance(dsn_env, str) and ENV_NAME.fullmatch(dsn_env)):
         raise ValueError("dsn_env must name an environment variable")
-    stalled = entry.get("stalled_seconds", 30.0)
+    stalled = entry.get("stalled_seconds", PgvectorSinkConfig.stalled_seconds)
     if isinstance(stalled, bool) or not isinstance(stalled, int | float) or not 0 < stalled <= 3600:
         raise ValueError("stalled_seconds must be a number of seconds, more than 0, at most 3600")
     return PgvectorSinkConfig(
