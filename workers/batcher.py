@@ -1,6 +1,6 @@
 """Cross-request batching: many small requests for one model become few forward passes.
 
-Task threads submit their texts with token counts and wait on a future. One model thread
+Task threads submit their texts with token counts and wait on a future. A model thread
 takes whatever is queued when it is free (waiting at most `wait_s` after the first item
 for more, while the last collection had company: a lone caller does not wait), up to a
 token budget; embeds each distinct text once; sorts the texts by
@@ -8,6 +8,11 @@ length and cuts them into the passes of least padded cost (`plan_passes`), of at
 `batch_size` texts and `max_tokens` padded tokens each; then gives each submitter its own
 rows in its own order. While the model is busy new requests pile up, so batches grow with
 load and an idle model adds no wait beyond `wait_s`.
+
+With `streams` > 1, as many passes run at once, each on its share of the CPU threads
+(workers/runtime.py): a collection's passes side by side, and, while one collection runs,
+the next is collected by another model thread. Small passes leave a pool of CPU threads
+mostly idle; one thread per pass does not.
 
 Two lanes: interactive work (sync calls, jobs) is always taken first. Bulk work (index
 batches) is cut into pieces of at most `batch_size` texts and `bulk_tokens` padded tokens,
@@ -19,12 +24,13 @@ sync call may wait behind is one short bulk pass.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +142,7 @@ class Batcher:
         bulk_tokens: int | None = None,
         on_pass: Callable[[PassStats], None] = lambda _: None,
         on_collection: Callable[[CollectionStats], None] = lambda _: None,
+        streams: int = 1,
     ) -> None:
         self.encoder = encoder
         self.batch_size = batch_size
@@ -145,16 +152,21 @@ class Batcher:
         self.bulk_tokens = bulk_tokens or max_tokens
         self.on_pass = on_pass
         self.on_collection = on_collection
+        self.streams = streams
         self._interactive: deque[_Pending] = deque()
         self._bulk: deque[_Pending] = deque()
         self._ready = threading.Condition()
         self._bulk_waited = False
         self._company = False
         """Whether the last collection held more than one item: then the next waits."""
-        self._thread = threading.Thread(
-            target=self._run, name=f"batcher-{encoder.name}", daemon=True
+        self._streams = (
+            ThreadPoolExecutor(streams, thread_name_prefix=f"pass-{encoder.name}")
+            if streams > 1
+            else None
         )
-        self._thread.start()
+        for stream in range(streams):
+            name = f"batcher-{encoder.name}-{stream}"
+            threading.Thread(target=self._run, name=name, daemon=True).start()
 
     def submit(self, texts: list[str], tokens: list[int], bulk: bool = False) -> Future[np.ndarray]:
         """Rows for `texts` (float32, not normalized) once the model has run them."""
@@ -211,16 +223,22 @@ class Batcher:
 
     def _embed_distinct(self, texts: list[str], lengths: list[int]) -> np.ndarray:
         rows: list[np.ndarray] = [np.empty(0)] * len(texts)
-        for indices in plan_passes(lengths, self.batch_size, self.max_tokens, self.overhead_tokens):
-            started = time.perf_counter()
-            matrix = self.encoder.embed([texts[i] for i in indices])
-            seconds = time.perf_counter() - started
+        passes = plan_passes(lengths, self.batch_size, self.max_tokens, self.overhead_tokens)
+        run = functools.partial(self._pass, texts, lengths)
+        results = self._streams.map(run, passes) if self._streams else map(run, passes)
+        for indices, matrix in zip(passes, results, strict=True):
             for i, row in zip(indices, matrix, strict=True):
                 rows[i] = row
-            padded = max(lengths[i] for i in indices) * len(indices)
-            tokens = sum(lengths[i] for i in indices)
-            _record(self.on_pass, PassStats(len(indices), tokens, padded, seconds))
         return np.stack(rows)
+
+    def _pass(self, texts: list[str], lengths: list[int], indices: list[int]) -> np.ndarray:
+        started = time.perf_counter()
+        matrix = self.encoder.embed([texts[i] for i in indices])
+        seconds = time.perf_counter() - started
+        padded = max(lengths[i] for i in indices) * len(indices)
+        tokens = sum(lengths[i] for i in indices)
+        _record(self.on_pass, PassStats(len(indices), tokens, padded, seconds))
+        return matrix
 
     def _run(self) -> None:
         while True:

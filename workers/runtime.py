@@ -133,6 +133,7 @@ class WorkerRuntime:
             log.warning("model %s: onnxruntime is not installed, using torch", spec.name)
             backend = "torch"
         encoder: Encoder
+        streams = 1
         if backend == "debug":
             from workers.providers.debug import DebugEncoder
 
@@ -142,17 +143,20 @@ class WorkerRuntime:
                 spec, self.device, self.settings.GPU_MEMORY_FRACTION
             )
         else:
-            from workers.providers.onnx import OnnxEncoder
+            from workers.providers.onnx import OnnxEncoder, cpu_threads
 
-            int8 = backend == "onnx-int8"
-            encoder = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR, int8=int8)
+            threads = cpu_threads()
+            streams = min(self.settings.CPU_STREAMS or threads, threads)
+            encoder = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR, int8=backend == "onnx-int8",
+                                  threads=threads // streams)  # fmt: skip
         log.info(
-            "loaded model %s on %s with %s (%d dims, %s)",
+            "loaded model %s on %s with %s (%d dims, %s, %d streams)",
             spec.name,
             self.device,
             backend,
             encoder.dimensions,
             encoder.precision,
+            streams,
             extra={"device": self.device, "backend": backend, "precision": encoder.precision},
         )
         recorder = BatchRecorder(self.redis, spec.name)
@@ -166,6 +170,7 @@ class WorkerRuntime:
             bulk_tokens=self.settings.BULK_PASS_TOKENS,
             on_pass=hooks.on_pass,
             on_collection=hooks.on_collection,
+            streams=streams,
         )
 
     def info(self) -> presence.WorkerInfo:

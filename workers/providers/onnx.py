@@ -229,14 +229,23 @@ def load_tokenizer(spec: ModelSpec, max_tokens: int) -> Tokenizer:
     return tokenizer
 
 
-def open_session(path: Path) -> InferenceSession:
-    """A CPU InferenceSession on every core, with all graph optimizations. Its threads
-    sleep between passes instead of spinning: they share the cores with the worker's own
-    threads (and, on small machines, the API), which spinning would starve."""
+def cpu_threads() -> int:
+    """The CPU threads this process should use: OMP_NUM_THREADS where set (a pod's CPU limit,
+    as deploy/k8s sets it: a container sees every core of its node), else the cores it may
+    run on."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+
+
+def open_session(path: Path, threads: int) -> InferenceSession:
+    """A CPU InferenceSession whose passes each run on `threads` threads, with all graph
+    optimizations. Its threads sleep between passes instead of spinning: they share the
+    cores with the worker's own threads (and, on small machines, the API), which spinning
+    would starve. Concurrent passes (workers/batcher.py's streams) are safe."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -245,17 +254,26 @@ def open_session(path: Path) -> InferenceSession:
 class OnnxEncoder:
     device = "cpu"
 
-    def __init__(self, spec: ModelSpec, cache_root: Path, int8: bool = False) -> None:
+    def __init__(
+        self, spec: ModelSpec, cache_root: Path, int8: bool = False, threads: int | None = None
+    ) -> None:
         model_dir = spec.local_path()
         self._modes, config = read_pipeline(model_dir)
         max_tokens = min(int(config.get("max_seq_length") or spec.max_tokens), spec.max_tokens)
         self._lowercase = bool(config.get("do_lower_case"))
         self._tokenizer = load_tokenizer(spec, max_tokens)
-        self._session = open_session(ensure_export(spec, cache_root, int8))
+        self._session = open_session(
+            ensure_export(spec, cache_root, int8), threads or cpu_threads()
+        )
         self._inputs = [(i.name, ENCODING_FIELDS[i.name]) for i in self._session.get_inputs()]
         self.name = spec.name
         self.precision = "int8" if int8 else "float32"
         self.dimensions = int(self._session.get_outputs()[0].shape[-1]) * len(self._modes)
+
+    @property
+    def threads(self) -> int:
+        """The CPU threads each pass runs on."""
+        return int(self._session.get_session_options().intra_op_num_threads)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         if self._lowercase:
