@@ -419,6 +419,10 @@ def test_k8s_expected_objects() -> None:
     gpu = k8s_objects("Deployment")["embeddings-worker-gpu"]["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["tolerations"] and gpu["nodeSelector"]
+    # The remote queue's worker calls Ollama and OpenAI: it needs the provider key too.
+    remote = k8s_objects("Deployment")["embeddings-worker-remote"]["spec"]["template"]["spec"]
+    secrets = {"secretRef": {"name": "embeddings-service-secrets"}}
+    assert secrets in remote["containers"][0]["envFrom"]
 
 
 def test_k8s_references_resolve() -> None:
@@ -657,7 +661,7 @@ def test_commands_name_modules_that_exist() -> None:
             compile(argv[2], where, "exec")
     assert {"gunicorn", "flower", "worker cpu", "worker gpu", "worker remote"} <= set(seen)
     assert {"Procfile web", "Dockerfile api CMD"} <= seen["gunicorn"]
-    for queue in ("cpu", "gpu"):
+    for queue in queues:  # every queue has a worker in the image and on Kubernetes
         assert any(w.startswith("Dockerfile") for w in seen[f"worker {queue}"]), queue
         assert any(w.startswith("k8s") for w in seen[f"worker {queue}"]), queue
     assert set(procfile()) == {"web", "worker_cpu", "worker_gpu", "worker_remote", "flower"}
