@@ -159,7 +159,7 @@ class Batcher:
         self._bulk_waited = False
         self._company = False
         """Whether the last collection held more than one item: then the next waits."""
-        self._streams = (
+        self._passes = (
             ThreadPoolExecutor(streams, thread_name_prefix=f"pass-{encoder.name}")
             if streams > 1
             else None
@@ -225,7 +225,7 @@ class Batcher:
         rows: list[np.ndarray] = [np.empty(0)] * len(texts)
         passes = plan_passes(lengths, self.batch_size, self.max_tokens, self.overhead_tokens)
         run = functools.partial(self._pass, texts, lengths)
-        results = self._streams.map(run, passes) if self._streams else map(run, passes)
+        results = self._passes.map(run, passes) if self._passes else map(run, passes)
         for indices, matrix in zip(passes, results, strict=True):
             for i, row in zip(indices, matrix, strict=True):
                 rows[i] = row

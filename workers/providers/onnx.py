@@ -234,7 +234,11 @@ def cpu_threads() -> int:
     as deploy/k8s sets it: a container sees every core of its node), else the cores it may
     run on."""
     value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else len(os.sched_getaffinity(0))
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if hasattr(os, "sched_getaffinity"):  # Linux
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def open_session(path: Path, threads: int) -> InferenceSession:
