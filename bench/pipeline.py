@@ -4,9 +4,11 @@ backend: tokenizer and limits, no forward pass) and with the real model, side by
     .venv/bin/python bench/pipeline.py [--seconds 10] [--index-docs 20000] [--repeat 2]
 
 Raw first, in this process: the real model on ONNX Runtime (the backend the service's CPU
-worker runs), a sequential single-text loop (texts/s and p50), and the same texts 16 at a
+worker runs), a sequential single-text loop (texts/s and p50); the same texts 16 at a
 time in the passes the worker's batcher would plan for them: the most that batching alone
-gains here. The encoder is released before the service starts.
+gains here; and one at a time again, but as many passes at once as the CPU worker runs by
+default (CPU_STREAMS=0: one per CPU thread, each on one): what streams alone gain. The
+encoders are released before the service starts.
 
 Then, per backend (debug, then onnx), Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one
 CPU worker (bench/local_stack.py), and `--repeat` times, each load from wrk (Debian's
@@ -34,6 +36,7 @@ import gc
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -87,23 +90,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> None:
-    """The real model in this process on ONNX Runtime: one text at a time, and
-    RAW_GROUP texts at a time in the passes the worker's batcher would plan for them (what
-    batching alone can gain on this machine)."""
+    """The real model in this process on ONNX Runtime: one text at a time; RAW_GROUP texts
+    at a time in the passes the worker's batcher would plan for them (what batching alone
+    can gain on this machine); one text at a time in as many passes at once as the CPU
+    worker runs by default, one thread each (what streams alone can gain)."""
     from common.settings import load_settings
     from common.tokenization import token_lengths
     from workers.batcher import plan_passes
-    from workers.providers.onnx import OnnxEncoder
+    from workers.providers.onnx import OnnxEncoder, cpu_threads
     from workers.runtime import PASS_OVERHEAD_TOKENS
 
     spec, settings = model_spec(), load_settings()
     encoder = OnnxEncoder(spec, settings.MODEL_CACHE_DIR)
+    streams = cpu_threads()  # the CPU worker's default streams
+    one_thread = OnnxEncoder(spec, settings.MODEL_CACHE_DIR, threads=1)
     batch_size = spec.batch_size or settings.BATCH_SIZE
     singles = texts[:count]
     lengths = [min(n, spec.max_tokens) for n in token_lengths(spec.tokenizer_file(), singles)]
     groups = [range(i, min(i + RAW_GROUP, count)) for i in range(0, count, RAW_GROUP)]
     for text in singles[:20]:
         encoder.embed([text])
+        one_thread.embed([text])
     for _ in range(repeat):
         with OthersCpu() as others:
             seconds = []
@@ -124,7 +131,13 @@ def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> 
             elapsed = time.perf_counter() - started
         figures.add("raw_grouped", f"raw ONNX, {RAW_GROUP} texts at a time in planned passes",
                     "texts/s", count / elapsed, others.percent)  # fmt: skip
-    del encoder
+        with ThreadPoolExecutor(streams) as pool, OthersCpu() as others:
+            started = time.perf_counter()
+            list(pool.map(one_thread.embed, ([text] for text in singles)))
+            elapsed = time.perf_counter() - started
+        figures.add("raw_streams", f"raw ONNX single texts, {streams} passes at once on one "
+                    "thread each", "texts/s", count / elapsed, others.percent)  # fmt: skip
+    del encoder, one_thread
     gc.collect()
 
 
@@ -239,7 +252,8 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
 
 
 def rows() -> list[Row]:
-    out = [Row("raw_single"), Row("raw_single_p50"), Row("raw_grouped", "raw_single")]
+    out = [Row("raw_single"), Row("raw_single_p50"), Row("raw_grouped", "raw_single"),
+           Row("raw_streams", "raw_single")]  # fmt: skip
     out += [Row("floor"), Row("floor_p50")]
     out += [Row(f"floor_cpu_{part}") for part in ("api", "redis")]
     for backend in BACKENDS:
