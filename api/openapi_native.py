@@ -14,6 +14,7 @@ from common.responses import (
     IndexJobRequest,
     IndexResultLine,
     JobAccepted,
+    JobList,
     JobResponse,
     KeyCreated,
     KeyInfo,
@@ -32,6 +33,12 @@ JOB_ID = path_param("job_id", "The job id the submit answer gave.")
 KEY_ID = path_param("key_id", "The key's id (the part after emb_).")
 KEY_QUERY = query_param("key", {"type": "string"},
                         "Admin keys: another key's id, or all.")  # fmt: skip
+PAGE = (
+    query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                "Jobs per page."),
+    query_param("cursor", {"type": "string"}, "next_cursor of the previous page."),
+    KEY_QUERY,
+)  # fmt: skip
 KEYS = "API keys"
 EMBEDDINGS = "Embeddings"
 JOBS = "Jobs"
@@ -85,6 +92,14 @@ register(
         errors=(400, 404, 413, 415, 503, 507),
     ),
     Operation(
+        "get", "/api/v1/jobs", "List jobs, newest first", JOBS,
+        operation_id="listJobs",
+        description="Async jobs (not sync calls), without their vectors: GET a job for them.",
+        parameters=PAGE,
+        responses={200: Reply("A page of jobs.", JobList)},
+        errors=(400, 403, 503),
+    ),
+    Operation(
         "get", "/api/v1/jobs/{job_id}", "A job's status, then its result", JOBS,
         operation_id="getJob",
         parameters=(JOB_ID,),
@@ -133,12 +148,7 @@ register(
     Operation(
         "get", "/api/v1/index-jobs", "List index jobs, newest first", INDEX,
         operation_id="listIndexJobs",
-        parameters=(
-            query_param("limit", {"type": "integer", "minimum": 1, "maximum": 100,
-                                  "default": 20}, "Jobs per page."),
-            query_param("cursor", {"type": "string"}, "next_cursor of the previous page."),
-            KEY_QUERY,
-        ),
+        parameters=PAGE,
         responses={200: Reply("A page of jobs.", IndexJobList)},
         errors=(400, 403, 503),
     ),

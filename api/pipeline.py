@@ -114,7 +114,7 @@ def submit(svc: Services, prep: Prepared, call: Call) -> str:
     options = prep.options.model_dump() | {"encoding_format": prep.encoding_format}
     pipe = svc.redis.pipeline()  # the job, its ledger note and its message, together
     job_id = svc.jobs.create(prep.spec.name, queue, len(prep.texts), sum(prep.tokens),
-                             options, call.owner, pipe=pipe)  # fmt: skip
+                             options, call.owner, pipe=pipe, listed=True)  # fmt: skip
     task = EmbedTask(
         job_id=job_id,
         model=prep.spec.name,

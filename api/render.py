@@ -38,7 +38,8 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else None
 
 
-def job_body(svc: Services, job: Job, status_url: str) -> dict[str, object]:
+def job_body(svc: Services, job: Job, status_url: str, result: bool = True) -> dict[str, object]:
+    """A job as its routes show it; with `result`, its vectors once it succeeded."""
     body: dict[str, object] = {
         "id": job.id,
         "status": job.status.value,
@@ -49,7 +50,7 @@ def job_body(svc: Services, job: Job, status_url: str) -> dict[str, object]:
         "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at),
     }
-    if job.status is JobStatus.SUCCEEDED:
+    if result and job.status is JobStatus.SUCCEEDED:
         fmt = str(job.options.get("encoding_format", "float"))
         body["result"] = embeddings_body(job.model, svc.jobs.vectors(job), job.prompt_tokens, fmt)
     if job.error:

@@ -30,6 +30,7 @@ from redis.client import Pipeline
 from common import redis_keys
 from common.errors import JobNotFound
 from common.jobs import JobStatus, new_job_id
+from common.listing import Listing
 
 PARTS = ("plan", "vectors", "batch_failed", "failed", "metadata", "claims")
 
@@ -216,6 +217,7 @@ class IndexJobStore:
         self._submitted = client.register_script(_SUBMITTED)
         self._cancel = client.register_script(_CANCEL)
         self._begin = client.register_script(_BEGIN)
+        self.listing = Listing(client, redis_keys.index_jobs_of, ttl_seconds, self.get)
 
     def _part(self, job_id: str, part: str) -> str:
         return redis_keys.index_job_part(job_id, part)
@@ -236,12 +238,7 @@ class IndexJobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(redis_keys.index_job(job_id), mapping=mapping)
             pipe.expire(redis_keys.index_job(job_id), self.ttl)
-            for listed in (owner, redis_keys.ALL_OWNERS):
-                pipe.zadd(redis_keys.index_jobs_of(listed), {job_id: now})
-                pipe.expire(redis_keys.index_jobs_of(listed), self.ttl)
-            pipe.zremrangebyscore(
-                redis_keys.index_jobs_of(redis_keys.ALL_OWNERS), "-inf", now - self.ttl
-            )
+            self.listing.add(pipe, owner, job_id, now)
             pipe.execute()
         return job_id
 
@@ -279,7 +276,7 @@ class IndexJobStore:
     def discard(self, job_id: str, owner: str) -> None:
         """Remove a job whose upload was refused."""
         self.redis.delete(redis_keys.index_job(job_id), *(self._part(job_id, p) for p in PARTS))
-        self.redis.zrem(redis_keys.index_jobs_of(owner), job_id)
+        self.listing.remove(owner, job_id)
 
     # The worker side: start, store, fail.
 
@@ -383,27 +380,12 @@ class IndexJobStore:
         values = self.redis.hmget(self._part(job_id, "metadata"), doc_ids)
         return {d: json.loads(v) for d, v in zip(doc_ids, values, strict=True) if v}
 
+    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
+        """An owner's jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting after
+        the (created_at, id) cursor."""
+        return self.listing.page(owner, limit, after)
+
     def failures(self, job_id: str, limit: int = 100) -> list[dict[str, str]]:
         failed = self._part(job_id, "failed")
         items = self.redis.hscan(failed, count=limit)[1] if limit else {}
         return [{"id": k.decode(), "reason": v.decode()} for k, v in list(items.items())[:limit]]
-
-    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
-        """An owner's jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting after the
-        (created_at, id) cursor."""
-        key = redis_keys.index_jobs_of(owner)
-        top = f"{after[0]!r}" if after else "+inf"
-        rows = self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50,
-                                           withscores=True)  # fmt: skip
-        jobs: list[IndexJob] = []
-        for member, score in rows:
-            job_id = member.decode()
-            if after and score == after[0] and job_id >= after[1]:
-                continue
-            try:
-                jobs.append(self.get(job_id))
-            except JobNotFound:
-                self.redis.zrem(key, job_id)  # expired
-            if len(jobs) == limit:
-                break
-        return jobs

@@ -25,6 +25,7 @@ from redis.client import Pipeline
 
 from common import redis_keys, vectors
 from common.errors import JobNotFound
+from common.listing import Listing
 
 DONE_SIGNAL_TTL_SECONDS = 600
 WAIT_SLICE_SECONDS = 2.0
@@ -127,15 +128,19 @@ class JobStore:
         self.redis = client
         self.ttl = ttl_seconds
         self._transition = client.register_script(_TRANSITION)
+        self.listing = Listing(client, redis_keys.jobs_of, ttl_seconds, self.get)
 
     def create(
         self, model: str, queue: str, count: int, prompt_tokens: int, options: dict[str, object],
         owner: str, members: list[Member] | None = None, pipe: Pipeline | None = None,
+        listed: bool = False,
     ) -> str:  # fmt: skip
         """A queued job; with `members` (more than one), a shared one whose owner is none.
-        With `pipe`, its writes go when the caller executes it (one round trip with the
-        task's ledger note, api/dispatch.py)."""
+        `listed`: in its owner's list (`list_for`; async jobs, not sync calls). With `pipe`,
+        its writes go when the caller executes it (one round trip with the task's ledger
+        note, api/dispatch.py)."""
         job_id = new_job_id()
+        now = time.time()
         mapping = {
             "status": JobStatus.QUEUED.value,
             "owner": owner,
@@ -144,7 +149,7 @@ class JobStore:
             "count": count,
             "prompt_tokens": prompt_tokens,
             "options": json.dumps(options),
-            "created_at": repr(time.time()),
+            "created_at": repr(now),
         }
         if members and len(members) > 1:
             mapping["members"] = json.dumps([astuple(m) for m in members])
@@ -154,6 +159,8 @@ class JobStore:
         writes.expire(redis_keys.job(job_id), self.ttl)
         writes.hincrby(redis_keys.JOB_STATS, "created", 1)
         writes.hincrby(redis_keys.JOB_STATS, JobStatus.QUEUED.value, 1)
+        if listed:
+            self.listing.add(writes, owner, job_id, now)
         if pipe is None:
             writes.execute()
         return job_id
@@ -163,6 +170,11 @@ class JobStore:
         else's."""
         key, fields = self._fields(job_id, with_vectors=False)
         return self._parse(job_id, owner, fields, self.redis.hmget(key, fields))[0]
+
+    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[Job]:
+        """An owner's listed jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting
+        after the (created_at, id) cursor."""
+        return self.listing.page(owner, limit, after)
 
     def _fields(self, job_id: str, with_vectors: bool) -> tuple[str, tuple[str, ...]]:
         """The hash a job (or member) lives in, and the fields that `_parse` reads."""

@@ -98,8 +98,14 @@ def index_jobs_of(owner: str) -> str:
     return f"{PREFIX}:ix-owner:{owner}"
 
 
+def jobs_of(owner: str) -> str:
+    """Sorted set: an owner's async job ids by creation time (ALL_OWNERS: everyone's)."""
+    return f"{PREFIX}:job-owner:{owner}"
+
+
 ALL_OWNERS = "*"
-"""index_jobs_of(ALL_OWNERS): every owner's index jobs, for admin keys; never a key id."""
+"""jobs_of(ALL_OWNERS), index_jobs_of(ALL_OWNERS): every owner's jobs, for admin keys;
+never a key id."""
 
 
 def openai_file(file_id: str) -> str:

@@ -85,6 +85,11 @@ class JobResponse(BaseModel):
     error: Annotated[JobError | None, Field(description="Once failed.")] = None
 
 
+class JobList(BaseModel):
+    data: Annotated[list[JobResponse], Field(description="Newest first, without `result`.")]
+    next_cursor: Annotated[str | None, Field(description="Pass as ?cursor= for more.")]
+
+
 class IndexJobRequest(IndexJobOptions):
     """JSON body of POST /api/v1/index-jobs (uploads send the documents as JSONL instead)."""
 

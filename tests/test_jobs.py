@@ -73,3 +73,26 @@ def test_cancelling_a_finished_job_changes_nothing(client: FlaskClient) -> None:
     after = client.delete(url).get_json()
     assert after["status"] == "succeeded"
     assert len(after["result"]["data"]) == 1
+
+
+def test_list_jobs_newest_first_in_pages_without_their_vectors(client: FlaskClient) -> None:
+    """GET /api/v1/jobs: the caller's async jobs, newest first, a page at a time; a done
+    job's vectors stay on its own URL, and sync calls are not listed."""
+    ids = [client.post("/api/v1/jobs", json={"input": f"listed {i}"}).get_json()["id"]
+           for i in range(3)]  # fmt: skip
+    done = poll(client, f"/api/v1/jobs/{ids[-1]}")
+    assert done["status"] == "succeeded" and "result" in done
+    sync = client.post("/api/v1/embeddings", json={"input": "a sync call"},
+                       headers={"Cache-Control": "no-store"})  # fmt: skip
+    assert sync.status_code == 200
+    page = client.get("/api/v1/jobs?limit=2").get_json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2]  # no sync call's job among them
+    newest = page["data"][0]
+    assert newest["status"] == "succeeded" and "result" not in newest
+    assert newest["status_url"] == f"/api/v1/jobs/{ids[-1]}" and newest["count"] == 1
+    rest = client.get(f"/api/v1/jobs?limit=2&cursor={page['next_cursor']}").get_json()
+    assert rest["data"][0]["id"] == ids[0]
+    for bad in ("limit=0", "limit=101", "limit=x", "cursor=garbage"):
+        answer = client.get(f"/api/v1/jobs?{bad}")
+        assert answer.status_code == 400, bad
+        assert answer.get_json()["error"]["param"] == bad.split("=")[0]

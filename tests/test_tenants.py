@@ -165,6 +165,8 @@ def test_client_keys_get_403_on_admin_routes_and_admins_see_all(
         http.delete(f"/api/v1/cache?model={MODEL}", headers=alice),
         http.delete(f"/api/v1/cache?key={key_id(bob)}", headers=alice),
         http.get("/api/v1/index-jobs?key=all", headers=alice),
+        http.get("/api/v1/jobs?key=all", headers=alice),
+        http.get(f"/api/v1/jobs?key={key_id(bob)}", headers=alice),
         http.get(f"/api/v1/usage?key={key_id(bob)}", headers=alice),
         http.get("/api/v1/usage?key=all", headers=alice),
     ]
@@ -178,6 +180,15 @@ def test_client_keys_get_403_on_admin_routes_and_admins_see_all(
     assert http.get(job["status_url"], headers=bob).status_code == 404
     assert http.get(job["status_url"], headers=admin).status_code == 200
     assert http.get(index["status_url"], headers=admin).status_code == 200
+
+    def jobs_listed(headers: dict[str, str], query: str = "") -> list[str]:
+        page = http.get(f"/api/v1/jobs{query}", headers=headers).get_json()
+        return [j["id"] for j in page["data"]]
+
+    assert jobs_listed(alice) == [job["id"]]
+    assert job["id"] not in jobs_listed(bob)
+    assert job["id"] in jobs_listed(admin, "?key=all")
+    assert jobs_listed(admin, f"?key={key_id(alice)}") == [job["id"]]
     everyone = http.get("/api/v1/index-jobs?key=all", headers=admin).get_json()["data"]
     assert index["id"] in [j["id"] for j in everyone]
     alices = http.get(f"/api/v1/index-jobs?key={key_id(alice)}", headers=admin).get_json()

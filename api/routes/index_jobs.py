@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import math
 import time
 
 from flask import Blueprint, Response, request, send_file, url_for
 
-from api import auth, index_results, indexing
-from api.auth import owner, owner_filter
+from api import index_results, indexing, listing
+from api.auth import owner_filter
 from api.call import current
 from api.render import iso, json_response
 from api.services import services
 from api.uploads import read_upload
-from common import redis_keys
 from common.errors import InvalidRequest
 from common.index_jobs import IndexJob
 from common.sinks import public
@@ -93,46 +90,13 @@ def cancel_index_job(job_id: str) -> Response:
     return get_index_job(job_id)
 
 
-def _cursor(raw: str | None) -> tuple[float, str] | None:
-    if not raw:
-        return None
-    try:
-        score, job_id = base64.urlsafe_b64decode(raw.encode()).decode().split("|", 1)
-        if not math.isfinite(float(score)):  # Redis refuses nan as a score
-            raise ValueError(score)
-        return float(score), job_id
-    except ValueError:
-        raise InvalidRequest("cursor: not a cursor this API gave out", param="cursor") from None
-
-
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:  # not '²'
-        raise InvalidRequest(f"{name}: an integer from {low} to {high}", param=name)
-    return int(raw)
-
-
-def _listed_owner() -> str:
-    """The caller's own jobs, or (an admin's ?key=) one key's or, with `all`, everyone's."""
-    wanted = request.args.get("key")
-    if wanted is None or wanted == owner():
-        return owner()
-    auth.require_admin("listing another key's index jobs")
-    return redis_keys.ALL_OWNERS if wanted == "all" else wanted
-
-
 @bp.get("/api/v1/index-jobs")
 def list_index_jobs() -> Response:
-    svc = services()
-    limit = _int_arg("limit", 20, 1, 100)
-    jobs = svc.index_jobs.list_for(_listed_owner(), limit, _cursor(request.args.get("cursor")))
-    token = None
-    if len(jobs) == limit:
-        last = jobs[-1]
-        token = base64.urlsafe_b64encode(f"{last.created_at!r}|{last.id}".encode()).decode()
-    return json_response({"data": [_progress(job) for job in jobs], "next_cursor": token})
+    limit = listing.limit()
+    jobs = services().index_jobs.list_for(listing.listed_owner("index jobs"), limit,
+                                          listing.after())  # fmt: skip
+    data = [_progress(job) for job in jobs]
+    return json_response({"data": data, "next_cursor": listing.next_cursor(jobs, limit)})
 
 
 def _window(
@@ -172,7 +136,7 @@ def get_results(job_id: str) -> Response:
     source = index_results.source(svc, job)
     emit, cursor = _window(
         job, set(store.stored_batches(job_id)), set(store.failed_batches(job_id)),
-        _int_arg("cursor", 0, 0, 10**9), _int_arg("limit", 10**9, 1, 10**9),
+        listing.int_arg("cursor", 0, 0, 10**9), listing.int_arg("limit", 10**9, 1, 10**9),
     )  # fmt: skip
     headers = {"X-Job-Status": job.status.value, "X-Results-Complete": str(cursor is None).lower()}
     if cursor is not None:

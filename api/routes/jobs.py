@@ -1,10 +1,10 @@
-"""Async jobs: POST /api/v1/jobs, GET and DELETE /api/v1/jobs/<id>."""
+"""Async jobs: POST and GET (list) /api/v1/jobs, GET and DELETE /api/v1/jobs/<id>."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, url_for
 
-from api import pipeline
+from api import listing, pipeline
 from api.auth import owner_filter
 from api.render import job_body, json_response
 from api.services import services
@@ -20,6 +20,16 @@ def create_job() -> Response:
     status_url = url_for("jobs.get_job", job_id=job_id)
     body = {"id": job_id, "status": "queued", "status_url": status_url}
     return json_response(body, 202, headers={"Location": status_url})
+
+
+@bp.get("/api/v1/jobs")
+def list_jobs() -> Response:
+    """The caller's async jobs, newest first, without their vectors (GET each for those)."""
+    svc, limit = services(), listing.limit()
+    jobs = svc.jobs.list_for(listing.listed_owner("jobs"), limit, listing.after())
+    data = [job_body(svc, job, url_for("jobs.get_job", job_id=job.id), result=False)
+            for job in jobs]  # fmt: skip
+    return json_response({"data": data, "next_cursor": listing.next_cursor(jobs, limit)})
 
 
 @bp.get("/api/v1/jobs/<job_id>")
