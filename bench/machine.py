@@ -83,3 +83,14 @@ class OthersCpu:
         others = (busy1 - busy0) - (own1 - own0)
         # Tick accounting in a VM can overshoot over a short window: keep it within 0-100.
         self.percent = min(100.0, max(0.0, 100 * others / capacity)) if capacity else 0.0
+
+
+def wait_quiet(percent: float = 10.0, timeout: float = 60.0) -> None:
+    """Until other processes take under `percent` of the cores for a second (at most
+    `timeout`): a service that has just started, or is ending a load, settles first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with OthersCpu() as others:
+            time.sleep(1.0)
+        if others.percent < percent:
+            return

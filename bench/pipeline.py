@@ -3,16 +3,9 @@ backend: tokenizer and limits, no forward pass) and with the real model, side by
 
     .venv/bin/python bench/pipeline.py [--seconds 10] [--index-docs 20000] [--repeat 2]
 
-Raw first, in this process: the real model on ONNX Runtime (the backend the service's CPU
-worker runs), a sequential single-text loop (texts/s and p50); the same texts 16 at a
-time in the passes the worker's batcher would plan for them: the most that batching alone
-gains here; and one at a time again, but as many passes at once as the CPU worker runs by
-default (CPU_STREAMS=0: one per CPU thread, each on one): what streams alone gain. The
-encoders are released before the service starts.
-
-Then, per backend (debug, then onnx), Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one
-CPU worker (bench/local_stack.py), and `--repeat` times, each load from wrk (Debian's
-package; the client must not be the bottleneck) for `--seconds`:
+Per backend (debug, then onnx), Redis, the API (gunicorn, WEB_CONCURRENCY=2) and one CPU
+worker (bench/local_stack.py), and `--repeat` times, each load from wrk (Debian's package;
+the client must not be the bottleneck) for `--seconds`:
 
   - one new text per request (Cache-Control: no-store) at 16 and 64 connections, and at 1
     (the single-text p50 the real model is compared on);
@@ -22,7 +15,14 @@ package; the client must not be the bottleneck) for `--seconds`:
     passages of the corpus under new ids, 128-token chunks, no-store: chunks/s from the
     POST to the job seen succeeded;
   - once, on the debug stack, the floor: GET /v1/models at 16 connections, the lightest
-    route through the same HTTP stack and hooks.
+    route through the same HTTP stack and hooks;
+  - on the onnx stack, first, while it idles: the real model raw, in this process, on ONNX
+    Runtime (the CPU worker's backend): a sequential single-text loop (texts/s and p50), the
+    same texts 16 at a time in the passes the worker's batcher would plan (what batching
+    alone gains here), and one at a time in as many passes at once as the CPU worker runs
+    by default, one thread each (what its streams alone gain). The real model's bars
+    compare the service with the raw loop of the same repeat: this machine's speed moves
+    within a run.
 
 For every load, the CPU each process took per request (API: the gunicorn master and its
 workers; the worker; Redis), read from /proc. Writes bench/results/pipeline-<time>.json;
@@ -47,7 +47,7 @@ import requests
 import wrk
 from http_load import check, wait_succeeded
 from local_stack import MANY_CLIENTS_ENV, MODEL, LocalService, model_spec
-from machine import TICKS_PER_S, OthersCpu, tree_ticks
+from machine import TICKS_PER_S, OthersCpu, tree_ticks, wait_quiet
 from report import Bar, Figures, Row, at_least, at_most, comparisons, finish, others_note, table
 from suite import DEFAULT_CORPUS, check_repeat, install_signal_handlers, positive, run
 from workload import load_texts
@@ -89,56 +89,61 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- raw --------------------------------------------------------------------------------
 
 
-def measure_raw(texts: list[str], count: int, repeat: int, figures: Figures) -> None:
-    """The real model in this process on ONNX Runtime: one text at a time; RAW_GROUP texts
-    at a time in the passes the worker's batcher would plan for them (what batching alone
-    can gain on this machine); one text at a time in as many passes at once as the CPU
-    worker runs by default, one thread each (what streams alone can gain)."""
-    from common.settings import load_settings
-    from common.tokenization import token_lengths
-    from workers.batcher import plan_passes
-    from workers.providers.onnx import OnnxEncoder, cpu_threads
-    from workers.runtime import PASS_OVERHEAD_TOKENS
+class RawOnnx:
+    """The real model in this process on ONNX Runtime, one repeat at a time: one text at a
+    time; RAW_GROUP texts at a time in the passes the worker's batcher would plan (what
+    batching alone can gain on this machine); one text at a time in as many passes at once
+    as the CPU worker runs by default, one thread each (what streams alone can gain)."""
 
-    spec, settings = model_spec(), load_settings()
-    encoder = OnnxEncoder(spec, settings.MODEL_CACHE_DIR)
-    streams = cpu_threads()  # the CPU worker's default streams
-    one_thread = OnnxEncoder(spec, settings.MODEL_CACHE_DIR, threads=1)
-    batch_size = spec.batch_size or settings.BATCH_SIZE
-    singles = texts[:count]
-    lengths = [min(n, spec.max_tokens) for n in token_lengths(spec.tokenizer_file(), singles)]
-    groups = [range(i, min(i + RAW_GROUP, count)) for i in range(0, count, RAW_GROUP)]
-    for text in singles[:20]:
-        encoder.embed([text])
-        one_thread.embed([text])
-    for _ in range(repeat):
+    def __init__(self, texts: list[str], count: int) -> None:
+        from common.settings import load_settings
+        from common.tokenization import token_lengths
+        from workers.providers.onnx import OnnxEncoder, cpu_threads
+
+        spec, self.settings = model_spec(), load_settings()
+        self.encoder = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR)
+        self.streams = cpu_threads()  # the CPU worker's default streams
+        self.one_thread = OnnxEncoder(spec, self.settings.MODEL_CACHE_DIR, threads=1)
+        self.batch_size = spec.batch_size or self.settings.BATCH_SIZE
+        self.singles = texts[:count]
+        self.lengths = [min(n, spec.max_tokens)
+                        for n in token_lengths(spec.tokenizer_file(), self.singles)]  # fmt: skip
+        self.groups = [range(i, min(i + RAW_GROUP, count)) for i in range(0, count, RAW_GROUP)]
+        for text in self.singles[:20]:
+            self.encoder.embed([text])
+            self.one_thread.embed([text])
+
+    def measure(self, figures: Figures) -> None:
+        from workers.batcher import plan_passes
+        from workers.runtime import PASS_OVERHEAD_TOKENS
+
+        count = len(self.singles)
+        wait_quiet()  # the stack beside it idle: its start, or the last load, over
         with OthersCpu() as others:
             seconds = []
-            for text in singles:
+            for text in self.singles:
                 started = time.perf_counter()
-                encoder.embed([text])
+                self.encoder.embed([text])
                 seconds.append(time.perf_counter() - started)
         figures.add("raw_single", "raw ONNX single text", "texts/s", count / sum(seconds),
                     others.percent)  # fmt: skip
         figures.percentiles("raw_single", "raw ONNX single text,", seconds, others.percent, (50,))
         with OthersCpu() as others:
             started = time.perf_counter()
-            for group in groups:
-                for indices in plan_passes([lengths[i] for i in group], batch_size,
-                                           settings.MAX_BATCH_TOKENS,
+            for group in self.groups:
+                for indices in plan_passes([self.lengths[i] for i in group], self.batch_size,
+                                           self.settings.MAX_BATCH_TOKENS,
                                            PASS_OVERHEAD_TOKENS["onnx"]):  # fmt: skip
-                    encoder.embed([singles[group[i]] for i in indices])
+                    self.encoder.embed([self.singles[group[i]] for i in indices])
             elapsed = time.perf_counter() - started
         figures.add("raw_grouped", f"raw ONNX, {RAW_GROUP} texts at a time in planned passes",
                     "texts/s", count / elapsed, others.percent)  # fmt: skip
-        with ThreadPoolExecutor(streams) as pool, OthersCpu() as others:
+        with ThreadPoolExecutor(self.streams) as pool, OthersCpu() as others:
             started = time.perf_counter()
-            list(pool.map(one_thread.embed, ([text] for text in singles)))
+            list(pool.map(self.one_thread.embed, ([text] for text in self.singles)))
             elapsed = time.perf_counter() - started
-        figures.add("raw_streams", f"raw ONNX single texts, {streams} passes at once on one "
-                    "thread each", "texts/s", count / elapsed, others.percent)  # fmt: skip
-    del encoder, one_thread
-    gc.collect()
+        figures.add("raw_streams", f"raw ONNX single texts, {self.streams} passes at once on "
+                    "one thread each", "texts/s", count / elapsed, others.percent)  # fmt: skip
 
 
 # --- the service ------------------------------------------------------------------------
@@ -236,8 +241,11 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
             for key, (_, _, per, fmt) in LOADS.items()
         }
         wrk.run(f"{stack.url}/api/v1/embeddings", scripts["b32_float"], 2, 4, WRK_THREADS)
+        raw = RawOnnx(texts, args.raw_singles) if backend == "onnx" else None
         for number in range(1, args.repeat + 1):
             print(f"{backend}, repeat {number}/{args.repeat}", flush=True)
+            if raw is not None:  # in the same minutes as the service's loads
+                raw.measure(figures)
             for key, (label, connections, per, _) in LOADS.items():
                 wrk_load(stack, f"{backend}_{key}", f"{backend}: {label}", scripts[key],
                          connections, per, args.seconds, figures)  # fmt: skip
@@ -246,6 +254,8 @@ def run_backend(backend: str, texts: list[str], args: argparse.Namespace, figure
                 wrk_load(stack, "floor", FLOOR_LABEL, wrk.get_script(folder, "floor"), 16, 1,
                          args.seconds, figures, path="/v1/models")  # fmt: skip
             index_job(stack, f"{backend}_index", texts, docs, figures)
+        del raw
+        gc.collect()
 
 
 # --- report -----------------------------------------------------------------------------
@@ -296,7 +306,6 @@ def main(argv: list[str] | None = None) -> int:
     install_signal_handlers()
     texts = load_texts(args.corpus, 4972)
     figures = Figures()
-    measure_raw(texts, args.raw_singles, args.repeat, figures)
     for backend in BACKENDS:
         run_backend(backend, texts, args, figures)
     print("\n" + "\n".join([*table(figures, rows()), "", *others_note()]))
