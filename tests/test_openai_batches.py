@@ -155,6 +155,11 @@ def test_failed_requests_go_to_the_error_file(held_app: Flask, redis_url: str) -
         for i in range(3)
     ]  # fmt: skip
     assert client.files.retrieve(done.error_file_id).bytes == len(content)
+    # The size is counted once: with the job's failures taken away, a second read of the
+    # size renders nothing again (a large output would cost a full render each time).
+    r.delete(redis_keys.index_job_part(reserved["job_id"], "failed"))
+    assert client.files.content(done.error_file_id).content == b""
+    assert client.files.retrieve(done.error_file_id).bytes == len(content)
     assert client.files.delete(done.error_file_id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.content(done.error_file_id)

@@ -1,8 +1,10 @@
 """A batch's output and error files, streamed from its index job's results.
 
 Output lines follow the job's stored batches, then plan order: one per request that
-succeeded. Error lines: one per request that failed. Nothing is kept; each download
-renders its lines again, a few batches at a time (api/index_results.py).
+succeeded. Error lines: one per request that failed. Nothing is kept in Redis; each
+download renders its lines again, a few batches at a time (api/index_results.py). A file's
+size is counted by rendering it once per API process: a result file exists only once its
+job has ended, so its lines never change.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from api.fronts.batch_store import BatchStore, ResultFile, file_object
 from api.index_results import RedisSource
 from common import dimensions
 from common.index_jobs import IndexJob, IndexJobStore
+from common.lru import LRU
 from common.vectors import to_base64
 
 MAX_FAILURES = 10**6
 FILENAMES = {"output": "output.jsonl", "error": "errors.jsonl"}
+_SIZES: LRU[str, int] = LRU(4096)
+"""Result files' sizes by id, so that asking a file's size again (client.files.retrieve)
+costs no second render of what may be a large output."""
 
 
 def _line(custom_id: str, body: dict | None, error: dict | None) -> bytes:
@@ -72,7 +78,10 @@ def lines(jobs: IndexJobStore, batches: BatchStore, file: ResultFile, job: Index
 
 def meta(jobs: IndexJobStore, batches: BatchStore, file: ResultFile, job: IndexJob
          ) -> dict[str, object]:  # fmt: skip
-    """The file's object; its size is counted by rendering its lines (none are kept)."""
-    size = sum(len(piece) for piece in lines(jobs, batches, file, job))
+    """The file's object; its size is counted by rendering its lines, once."""
+    size = _SIZES.get(file.id)
+    if size is None:
+        size = sum(len(piece) for piece in lines(jobs, batches, file, job))
+        _SIZES.put_many([(file.id, size)])
     ended, expires = int(job.finished_at or job.created_at), int(job.created_at) + jobs.ttl
     return file_object(file.id, size, ended, expires, FILENAMES[file.kind], "batch_output")
