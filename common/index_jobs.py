@@ -380,11 +380,6 @@ class IndexJobStore:
         values = self.redis.hmget(self._part(job_id, "metadata"), doc_ids)
         return {d: json.loads(v) for d, v in zip(doc_ids, values, strict=True) if v}
 
-    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[IndexJob]:
-        """An owner's jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting after
-        the (created_at, id) cursor."""
-        return self.listing.page(owner, limit, after)
-
     def failures(self, job_id: str, limit: int = 100) -> list[dict[str, str]]:
         failed = self._part(job_id, "failed")
         items = self.redis.hscan(failed, count=limit)[1] if limit else {}

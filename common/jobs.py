@@ -136,7 +136,7 @@ class JobStore:
         listed: bool = False,
     ) -> str:  # fmt: skip
         """A queued job; with `members` (more than one), a shared one whose owner is none.
-        `listed`: in its owner's list (`list_for`; async jobs, not sync calls). With `pipe`,
+        `listed`: in its owner's list (`listing`; async jobs, not sync calls). With `pipe`,
         its writes go when the caller executes it (one round trip with the task's ledger
         note, api/dispatch.py)."""
         job_id = new_job_id()
@@ -170,11 +170,6 @@ class JobStore:
         else's."""
         key, fields = self._fields(job_id, with_vectors=False)
         return self._parse(job_id, owner, fields, self.redis.hmget(key, fields))[0]
-
-    def list_for(self, owner: str, limit: int, after: tuple[float, str] | None) -> list[Job]:
-        """An owner's listed jobs (redis_keys.ALL_OWNERS: everyone's), newest first, starting
-        after the (created_at, id) cursor."""
-        return self.listing.page(owner, limit, after)
 
     def _fields(self, job_id: str, with_vectors: bool) -> tuple[str, tuple[str, ...]]:
         """The hash a job (or member) lives in, and the fields that `_parse` reads."""

@@ -1,9 +1,9 @@
 """An owner's jobs, newest first, a page at a time.
 
 A sorted set per owner holds job ids by creation time, and one more holds everyone's
-(`ALL_OWNERS`, for admin keys). Each is written in the job's own creation round trip and
-lives as long as its newest job; an id whose job has expired is dropped when a page
-meets it, and everyone's set sheds ids older than the jobs' TTL on every write.
+(`ALL_OWNERS`, for admin keys). Each is written in the job's own creation round trip,
+sheds the ids older than the jobs' TTL on every write and lives as long as its newest
+job; an id whose job is gone sooner is dropped when a page meets it.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ class Listing(Generic[Item]):
 
     def add(self, pipe: Pipeline, owner: str, job_id: str, created_at: float) -> None:
         for listed in (owner, ALL_OWNERS):
-            pipe.zadd(self.key_of(listed), {job_id: created_at})
-            pipe.expire(self.key_of(listed), self.ttl)
-        pipe.zremrangebyscore(self.key_of(ALL_OWNERS), "-inf", created_at - self.ttl)
+            key = self.key_of(listed)
+            pipe.zadd(key, {job_id: created_at})
+            pipe.zremrangebyscore(key, "-inf", created_at - self.ttl)
+            pipe.expire(key, self.ttl)
 
     def remove(self, owner: str, job_id: str) -> None:
         with self.redis.pipeline(transaction=False) as pipe:

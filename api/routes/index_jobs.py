@@ -93,7 +93,7 @@ def cancel_index_job(job_id: str) -> Response:
 @bp.get("/api/v1/index-jobs")
 def list_index_jobs() -> Response:
     limit = listing.limit()
-    jobs = services().index_jobs.list_for(listing.listed_owner("index jobs"), limit,
+    jobs = services().index_jobs.listing.page(listing.listed_owner("index jobs"), limit,
                                           listing.after())  # fmt: skip
     data = [_progress(job) for job in jobs]
     return json_response({"data": data, "next_cursor": listing.next_cursor(jobs, limit)})

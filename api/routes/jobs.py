@@ -26,7 +26,7 @@ def create_job() -> Response:
 def list_jobs() -> Response:
     """The caller's async jobs, newest first, without their vectors (GET each for those)."""
     svc, limit = services(), listing.limit()
-    jobs = svc.jobs.list_for(listing.listed_owner("jobs"), limit, listing.after())
+    jobs = svc.jobs.listing.page(listing.listed_owner("jobs"), limit, listing.after())
     data = [job_body(svc, job, url_for("jobs.get_job", job_id=job.id), result=False)
             for job in jobs]  # fmt: skip
     return json_response({"data": data, "next_cursor": listing.next_cursor(jobs, limit)})
