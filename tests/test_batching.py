@@ -95,7 +95,8 @@ def test_a_lone_caller_does_not_wait_for_company() -> None:
     assert encoder.calls == [["one"], ["after"], ["another"]]
 
 
-def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
+@pytest.mark.parametrize("streams", [1, 2])
+def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on(streams: int) -> None:
     class Flaky(CountingEncoder):
         def embed(self, texts: list[str]) -> np.ndarray:
             if "boom" in texts:
@@ -104,7 +105,8 @@ def test_a_failing_pass_fails_its_requests_and_the_batcher_goes_on() -> None:
 
     encoder = Flaky()
     encoder.gate.set()
-    batcher = Batcher(encoder, batch_size=8, max_tokens=100, wait_s=0, overhead_tokens=48)
+    batcher = Batcher(encoder, batch_size=8, max_tokens=100, wait_s=0, overhead_tokens=48,
+                      streams=streams)  # fmt: skip
     with pytest.raises(RuntimeError):
         batcher.submit(["boom"], [1]).result(5)
     assert batcher.submit(["fine"], [1]).result(5).shape == (1, 2)
