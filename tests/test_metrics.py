@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from common.jobs import JobStore
 from tests.conftest import MODEL
+from tests.helpers import wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 EMBED = "/api/v1/embeddings"
@@ -130,8 +131,15 @@ def test_worker_port_shows_batches_queue_and_compute_time(
     before = scrape(worker)
     texts = [f"batch probe {uuid.uuid4()} {'word ' * n}" for n in range(5)]
     assert embed(live_api, texts, model=MODEL).status_code == 200
-    after = scrape(worker)
     task = {"task": "embeddings.embed", "model": MODEL, "queue": "cpu"}
+    compute = "embedding_task_compute_seconds_count"
+    # The task's own figures are recorded after its result is (Celery's task_postrun),
+    # so the answer can reach the client a moment before they show.
+    after = wait_until(
+        lambda: scrape(worker),
+        lambda now: value(now, compute, **task) > value(before, compute, **task),
+        timeout=10,
+    )
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
